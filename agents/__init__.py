@@ -1,0 +1,1 @@
+"""The chain's stages, one module each: decode, classify, store, failures."""

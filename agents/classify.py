@@ -1,0 +1,136 @@
+"""Stage 2, classify: ``imgflow-tensors`` -> ``imgflow-predictions``.
+
+Batches tensors, runs one model call per batch in a dedicated thread so the
+event loop keeps heart-beating, and emits one prediction per image with the
+model name and version that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from agents.acks import hold, release
+from agents.failures import failure_for, malformed
+from imgflow.app import app, settings
+from imgflow.records import DecodedImage, MalformedMessage, Prediction, dumps, parse
+from imgflow.topics import failed_topic, predictions_topic, publish, tensors_topic
+from models.backends import Classifier
+from models.registry import ModelCache, spec_for
+
+log = logging.getLogger(__name__)
+
+#: One thread owns TensorFlow: loads and predictions never overlap.
+_executor = ThreadPoolExecutor(1, thread_name_prefix="imgflow-model")
+models = ModelCache(_executor, max_models=3)
+
+
+class TensorRejected(ValueError):
+    kind = "bad_tensor"
+
+
+def to_array(item: DecodedImage, expected: tuple[int, int]) -> np.ndarray:
+    shape = tuple(item.shape)
+    if shape != (expected[0], expected[1], 3):
+        raise TensorRejected(f"tensor shape {shape} does not match model input {expected}")
+    raw = base64.b64decode(item.tensor_b64, validate=True)
+    if len(raw) != expected[0] * expected[1] * 3:
+        raise TensorRejected(f"tensor has {len(raw)} bytes, expected {expected[0] * expected[1] * 3}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+
+
+def predictions_for(
+    items: list[DecodedImage],
+    results: list[list[tuple[str, float]]],
+    model: Classifier,
+    inference_ms: float,
+) -> list[Prediction]:
+    now = time.time()
+    out = []
+    for item, top in zip(items, results, strict=True):
+        out.append(
+            Prediction(
+                image_id=item.image_id,
+                path=item.path,
+                source=item.source,
+                submitted_at=item.submitted_at,
+                predicted_at=now,
+                label=top[0][0],
+                score=float(top[0][1]),
+                top_k=[{"label": label, "score": float(score)} for label, score in top],
+                model=model.spec.name,
+                model_version=model.spec.version,
+                inference_ms=inference_ms,
+                batch_size=len(items),
+                meta=item.meta,
+                replay_id=item.replay_id,
+                attrs=item.attrs,
+            )
+        )
+    return out
+
+
+async def classify_group(
+    items: list[DecodedImage], arrays: list[np.ndarray], model: Classifier
+) -> tuple[list[Prediction], list[tuple[DecodedImage, Exception]]]:
+    """One model call for the group; if the model rejects it, isolate the culprits."""
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    try:
+        results = await loop.run_in_executor(_executor, model.predict, np.stack(arrays))
+        elapsed = (time.perf_counter() - started) * 1000
+        return predictions_for(items, results, model, elapsed), []
+    except Exception as exc:
+        if len(items) == 1:
+            exc.kind = "model_error"  # type: ignore[attr-defined]
+            return [], [(items[0], exc)]
+        log.warning("model rejected a batch of %d, retrying one by one: %s", len(items), exc)
+    preds: list[Prediction] = []
+    failed: list[tuple[DecodedImage, Exception]] = []
+    for item, array in zip(items, arrays, strict=True):
+        p, f = await classify_group([item], [array], model)
+        preds += p
+        failed += f
+    return preds, failed
+
+
+@app.agent(tensors_topic)
+async def classify(stream):
+    await models.get(spec_for(settings.model_spec_path))  # load once, on start
+    async for events in stream.take_events(settings.batch_size, settings.batch_wait):
+        hold(events)
+        failures = []
+        groups: dict[str, list[tuple[DecodedImage, np.ndarray]]] = defaultdict(list)
+        for event in events:
+            try:
+                item = parse(DecodedImage, event.value)
+            except MalformedMessage as exc:
+                failures.append(malformed("classify", exc, event))
+                continue
+            try:
+                spec = spec_for(item.model)
+                groups[item.model].append((item, to_array(item, spec.input_size)))
+            except Exception as exc:
+                failures.append(failure_for("classify", item, exc))
+        predictions: list[Prediction] = []
+        for spec_path, group in groups.items():
+            try:
+                model = await models.get(spec_for(spec_path))
+            except Exception as exc:
+                exc.kind = "model_unavailable"  # type: ignore[attr-defined]
+                failures += [failure_for("classify", item, exc) for item, _ in group]
+                continue
+            preds, failed = await classify_group(
+                [item for item, _ in group], [array for _, array in group], model
+            )
+            predictions += preds
+            failures += [failure_for("classify", item, exc) for item, exc in failed]
+        await publish(predictions_topic, [(p.image_id, dumps(p)) for p in predictions])
+        await publish(failed_topic, failures)
+        release(events)

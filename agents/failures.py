@@ -1,0 +1,95 @@
+"""Dead letters: ``imgflow-failed`` -> MongoDB ``failures``.
+
+Every stage turns what it cannot process into one :class:`Failure` record with
+a stable ``kind`` and a readable message; this agent stores them idempotently
+(one document per image).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+from agents.acks import hold, release
+from imgflow.app import app, settings
+from imgflow.imaging import ImageRejected
+from imgflow.records import Failure, MalformedMessage, dumps, message_id, parse
+from imgflow.storage import Store, retry_forever
+from imgflow.topics import failed_topic
+
+log = logging.getLogger(__name__)
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) for any exception a stage may meet."""
+    if isinstance(exc, ImageRejected):
+        return exc.kind, exc.message
+    if isinstance(exc, MalformedMessage):
+        return "malformed_message", str(exc)
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str):
+        return kind, str(exc)
+    return "internal_error", f"{type(exc).__name__}: {exc}"
+
+
+def failure_for(stage: str, item: Any, exc: BaseException) -> tuple[str, bytes]:
+    """A failure record for a parsed item (ImagePath, DecodedImage, ...)."""
+    kind, message = describe(exc)
+    log.info("%s failed for %s: %s (%s)", stage, item.image_id, kind, message)
+    record = Failure(
+        image_id=item.image_id,
+        stage=stage,
+        kind=kind,
+        message=message,
+        failed_at=time.time(),
+        path=getattr(item, "path", None),
+        source=getattr(item, "source", None),
+        model=getattr(item, "model", None),
+        replay_id=getattr(item, "replay_id", None),
+        submitted_at=getattr(item, "submitted_at", None),
+    )
+    return item.image_id, dumps(record)
+
+
+def malformed(stage: str, exc: BaseException, event: Any) -> tuple[str, bytes]:
+    """A failure record for a message that could not even be parsed."""
+    record = malformed_failure(stage, exc, event)
+    return record.image_id, dumps(record)
+
+
+def malformed_failure(stage: str, exc: BaseException, event: Any) -> Failure:
+    msg = event.message
+    image_id = message_id(msg.topic, msg.partition, msg.offset)
+    kind, message = describe(exc)
+    log.warning("malformed message on %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, message)
+    record = Failure(
+        image_id=image_id,
+        stage=stage,
+        kind=kind,
+        message=message,
+        failed_at=time.time(),
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+    )
+    return record
+
+
+@app.agent(failed_topic)
+async def record_failures(stream):
+    store = Store(settings.mongo_url, settings.mongo_db)
+    await retry_forever("create indexes", store.ensure_indexes)
+    async for events in stream.take_events(settings.store_batch_size, settings.batch_wait):
+        hold(events)
+        failures: list[Failure] = []
+        for event in events:
+            try:
+                failures.append(parse(Failure, event.value))
+            except MalformedMessage as exc:
+                # A malformed dead letter is itself recorded as one.
+                failures.append(malformed_failure("failures", exc, event))
+        if failures:
+            await retry_forever("store failures", partial(store.write_failures, failures))
+        release(events)

@@ -1,0 +1,34 @@
+"""Builds the Faust app and nothing else; stages are found by autodiscovery."""
+
+from __future__ import annotations
+
+import faust
+
+from imgflow.settings import get_settings
+
+settings = get_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker_url,
+    store="memory://",
+    origin="imgflow",
+    autodiscover=["agents", "tables", "imgflow.views", "imgflow.cli"],
+    datadir=str(settings.home / "faust"),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    # At least once with idempotent sinks: the embedded broker has no
+    # transactional producer (DESIGN section 8).
+    processing_guarantee="at_least_once",
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=settings.heartbeat_interval,
+    broker_commit_interval=settings.commit_interval,
+    # One record per producer batch keeps changelog recovery exact on Tansu.
+    producer_max_batch_size=settings.producer_max_batch_size,
+    producer_max_request_size=settings.max_message_bytes,
+    consumer_max_fetch_size=settings.max_message_bytes,
+    web_host=settings.web_host,
+    web_bind=settings.web_bind,
+    web_port=settings.web_port,
+    web_in_thread=False,
+)

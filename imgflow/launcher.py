@@ -1,0 +1,225 @@
+"""One command for the whole stack: ``python -m imgflow.launcher demo`` (``make demo``).
+
+Starts what is not configured (an embedded Kafka-protocol broker unless
+``BROKER_URL`` is set, an embedded MongoDB-protocol server unless ``MONGO_URL``
+is set), builds the default model if missing, then runs N workers, the
+simulator and the dashboard as child processes. Ctrl-C (or SIGTERM) stops
+every process it started, newest first, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgflow.embedded import Service, free_port, start_broker, start_mongo, wait_for_port
+from imgflow.settings import Settings
+
+log = logging.getLogger("imgflow.launcher")
+
+BIN = Path(sys.executable).parent
+
+
+def port_or_free(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+@dataclass
+class Stack:
+    """Everything one launcher started, stopped in reverse order."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    services: list[Service] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], port: int = 0) -> Service:
+        svc = Service(name, port, self.home / "logs" / f"{name}.log")
+        svc._spawn(argv, env=self.env)
+        self.services.append(svc)
+        return svc
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            log.info("stopping %s (pid %s)", svc.name, svc.pid)
+            svc.stop(timeout=15)
+        self.services.clear()
+
+
+def start_infrastructure(stack: Stack, settings: Settings) -> None:
+    logs = stack.home / "logs"
+    if os.environ.get("BROKER_URL"):
+        stack.env["BROKER_URL"] = os.environ["BROKER_URL"]
+    else:
+        broker = start_broker(logs, port=port_or_free(9092))
+        stack.services.append(broker)
+        stack.env["BROKER_URL"] = broker.url
+    if os.environ.get("MONGO_URL"):
+        stack.env["MONGO_URL"] = os.environ["MONGO_URL"]
+    else:
+        mongo = start_mongo(stack.home / "mongo", logs, port=port_or_free(27017))
+        stack.services.append(mongo)
+        stack.env["MONGO_URL"] = mongo.url
+
+
+def ensure_model(settings: Settings) -> Path:
+    spec = settings.model_spec_path
+    if settings.model is None and not spec.exists():
+        from models.efficientnet_lite import build_default_model
+
+        log.info("building the default model into %s (once)", spec.parent)
+        build_default_model(spec.parent)
+    if not spec.exists():
+        raise SystemExit(f"model spec not found: {spec} (set IMGFLOW_MODEL)")
+    return spec
+
+
+async def tail_stored(bootstrap: str, topic: str, stop: asyncio.Event, started: float) -> None:
+    """Print each stored result as it lands (a consumer, not a poll)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest")
+    await consumer.start()
+    first = True
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for rec in records:
+                    with suppress(ValueError, KeyError):
+                        doc = json.loads(rec.value)
+                        if first:
+                            print(f"first result stored {time.monotonic() - started:.1f}s after start")
+                            first = False
+                        print(
+                            f"stored {doc['image_id'][:12]}  {doc['label']:<28} "
+                            f"{doc['score']:.2f}  {doc['model']} {doc['model_version']}",
+                            flush=True,
+                        )
+    finally:
+        await consumer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imgflow.launcher")
+    parser.add_argument("command", choices=["demo"], help="what to run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=5.0, help="simulator images/s")
+    parser.add_argument("--no-dashboard", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="do not print each stored result")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    settings = Settings()
+    home = settings.home.resolve()
+    started = time.monotonic()
+    stack = Stack(home=home, env={"IMGFLOW_HOME": str(home)})
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        start_infrastructure(stack, settings)
+        ensure_model(settings)
+        from simulator.dataset import write_dataset
+
+        dataset = write_dataset(settings.dataset_path.resolve())
+        faust_bin = str(BIN / "faust")
+        web_ports = []
+        for i in range(args.workers):
+            port = port_or_free(settings.web_port + i)
+            web_ports.append(port)
+            stack.spawn(
+                f"worker{i + 1}",
+                [
+                    faust_bin,
+                    "-A",
+                    "imgflow",
+                    "worker",
+                    "-l",
+                    "info",
+                    "--web-host",
+                    "127.0.0.1",
+                    "--web-port",
+                    str(port),
+                ],
+                port,
+            )
+        stack.spawn(
+            "simulator",
+            [
+                faust_bin,
+                "-A",
+                "imgflow",
+                "simulate",
+                "--rate",
+                str(args.rate),
+                "--folder",
+                str(settings.dataset_path.resolve()),
+            ],
+        )
+        dash_port = 0
+        if not args.no_dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists():
+            dash_port = port_or_free(5006)
+            stack.spawn(
+                "dashboard",
+                [
+                    str(BIN / "panel"),
+                    "serve",
+                    str(Path(__file__).parent.parent / "dashboard" / "app.py"),
+                    "--address",
+                    "127.0.0.1",
+                    "--port",
+                    str(dash_port),
+                    "--allow-websocket-origin",
+                    f"127.0.0.1:{dash_port}",
+                    "--allow-websocket-origin",
+                    f"localhost:{dash_port}",
+                ],
+                dash_port,
+            )
+        print(
+            "\nimgflow demo is running (Ctrl-C stops everything):\n"
+            f"  broker      {stack.env['BROKER_URL']}\n"
+            f"  mongodb     {stack.env['MONGO_URL']}  database {settings.mongo_db}\n"
+            f"  dataset     {len(dataset)} images in {settings.dataset_path}\n"
+            + "".join(f"  worker {i + 1}    http://127.0.0.1:{p}/health/\n" for i, p in enumerate(web_ports))
+            + (f"  dashboard   http://127.0.0.1:{dash_port}/app\n" if dash_port else "")
+            + f"  logs        {home / 'logs'}\n"
+            f"  results     MONGO_URL={stack.env['MONGO_URL']} {BIN / 'faust'} -A imgflow latest\n",
+            flush=True,
+        )
+        for svc in stack.services:
+            if svc.name.startswith("worker") and svc.proc is not None:
+                wait_for_port(svc.port, svc.proc, 120, svc.name)
+        bootstrap = stack.env["BROKER_URL"].split("://", 1)[1].split(",")[0]
+        if args.quiet:
+            while all(s.proc and s.proc.poll() is None for s in stack.services):
+                time.sleep(1)
+        else:
+            asyncio.run(tail_stored(bootstrap, settings.topic("stored"), stopping, started))
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""One settings class, read once from the environment.
+
+Every knob has an environment name and a default that works on a single
+machine with the embedded services (see the README's configuration table).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """imgflow configuration. Field aliases are the environment variable names."""
+
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    # Services
+    broker_url: str = Field("kafka://127.0.0.1:9092", validation_alias=_env("BROKER_URL"))
+    mongo_url: str = Field("mongodb://127.0.0.1:27017", validation_alias=_env("MONGO_URL"))
+    mongo_db: str = Field("imgflow", validation_alias=_env("MONGO_DB"))
+
+    # Application identity and topics
+    app_id: str = Field("imgflow", validation_alias=_env("IMGFLOW_APP_ID"))
+    topic_prefix: str = Field("imgflow", validation_alias=_env("IMGFLOW_TOPIC_PREFIX"))
+    partitions: int = Field(4, ge=1, validation_alias=_env("IMGFLOW_PARTITIONS"))
+    replication_factor: int = Field(1, ge=1, validation_alias=_env("IMGFLOW_REPLICATION"))
+
+    # Folders
+    home: Path = Field(Path("var"), validation_alias=_env("IMGFLOW_HOME"))
+    model: Path | None = Field(None, validation_alias=_env("IMGFLOW_MODEL"))
+    upload_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_UPLOAD_DIR"))
+    dataset_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_DATASET_DIR"))
+    watch_dirs: str = Field("", validation_alias=_env("IMGFLOW_WATCH_DIRS"))
+
+    # Stage tuning
+    batch_size: int = Field(32, ge=1, validation_alias=_env("IMGFLOW_BATCH_SIZE"))
+    batch_wait: float = Field(0.2, gt=0, validation_alias=_env("IMGFLOW_BATCH_WAIT"))
+    decode_batch_size: int = Field(16, ge=1, validation_alias=_env("IMGFLOW_DECODE_BATCH_SIZE"))
+    decode_timeout: float = Field(10.0, gt=0, validation_alias=_env("IMGFLOW_DECODE_TIMEOUT"))
+    decode_threads: int = Field(2, ge=1, validation_alias=_env("IMGFLOW_DECODE_THREADS"))
+    store_batch_size: int = Field(64, ge=1, validation_alias=_env("IMGFLOW_STORE_BATCH_SIZE"))
+    max_file_bytes: int = Field(50 * 2**20, ge=1, validation_alias=_env("IMGFLOW_MAX_FILE_BYTES"))
+    max_pixels: int = Field(64_000_000, ge=1, validation_alias=_env("IMGFLOW_MAX_PIXELS"))
+
+    # Live counts
+    window_seconds: float = Field(60.0, gt=0, validation_alias=_env("IMGFLOW_WINDOW_SECONDS"))
+    window_step: float | None = Field(None, validation_alias=_env("IMGFLOW_WINDOW_STEP"))
+    window_expires: float = Field(3600.0, gt=0, validation_alias=_env("IMGFLOW_WINDOW_EXPIRES"))
+
+    # Web server
+    web_host: str = Field("127.0.0.1", validation_alias=_env("IMGFLOW_WEB_HOST"))
+    web_bind: str = Field("127.0.0.1", validation_alias=_env("IMGFLOW_WEB_BIND"))
+    web_port: int = Field(6066, ge=1, le=65535, validation_alias=_env("IMGFLOW_WEB_PORT"))
+
+    # Broker behaviour (DESIGN section 8: values that work on Tansu and on Apache Kafka)
+    session_timeout: float = Field(6.0, gt=0, validation_alias=_env("IMGFLOW_SESSION_TIMEOUT"))
+    heartbeat_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_HEARTBEAT_INTERVAL"))
+    producer_max_batch_size: int = Field(1, ge=1, validation_alias=_env("IMGFLOW_PRODUCER_MAX_BATCH_SIZE"))
+    max_message_bytes: int = Field(8 * 2**20, ge=2**20, validation_alias=_env("IMGFLOW_MAX_MESSAGE_BYTES"))
+    commit_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_COMMIT_INTERVAL"))
+
+    @field_validator("broker_url")
+    @classmethod
+    def _kafka_scheme(cls, value: str) -> str:
+        """Accept ``host:port`` lists as well as Faust's ``kafka://`` URLs."""
+        value = value.strip()
+        if "://" not in value:
+            value = "kafka://" + value
+        return value
+
+    # Derived values -----------------------------------------------------
+
+    @property
+    def model_spec_path(self) -> Path:
+        if self.model is not None:
+            return self.model
+        return self.home / "models" / "efficientnet-lite0" / "model.toml"
+
+    @property
+    def upload_path(self) -> Path:
+        return self.upload_dir or self.home / "uploads"
+
+    @property
+    def dataset_path(self) -> Path:
+        return self.dataset_dir or self.home / "dataset"
+
+    @property
+    def watch_paths(self) -> list[Path]:
+        return [Path(p) for p in self.watch_dirs.split(",") if p.strip()]
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` pairs for plain Kafka clients (aiokafka)."""
+        hosts = self.broker_url.split("://", 1)[1]
+        return [h.strip().split("://")[-1] for h in hosts.replace(";", ",").split(",") if h]
+
+    def topic(self, stage: str) -> str:
+        return f"{self.topic_prefix}-{stage}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

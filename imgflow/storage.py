@@ -1,0 +1,209 @@
+"""MongoDB documents and their idempotent bulk writes.
+
+Collections (DESIGN section 2):
+
+- ``predictions``: one document per (image_id, model, model_version); a
+  redelivery rewrites it, a replay with another model adds one beside it.
+- ``images``: one document per image: metadata, latest prediction, user state.
+- ``failures``: one document per image (or malformed message) that could not go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
+from pymongo.errors import PyMongoError
+
+from imgflow.records import Failure, Prediction
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def when(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts else None
+
+
+def prediction_id(image_id: str, model: str, version: str) -> str:
+    return f"{image_id}|{model}|{version}"
+
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "predictions": [
+        IndexModel(
+            [("image_id", ASCENDING), ("model", ASCENDING), ("model_version", ASCENDING)],
+            unique=True,
+            name="image_model_version",
+        ),
+        IndexModel([("model", ASCENDING), ("model_version", ASCENDING)], name="model_version"),
+        IndexModel([("stored_at", DESCENDING)], name="newest"),
+    ],
+    "images": [
+        IndexModel([("updated_at", DESCENDING)], name="newest"),
+        IndexModel([("label", ASCENDING), ("updated_at", DESCENDING)], name="label_newest"),
+        IndexModel([("score", DESCENDING)], name="score"),
+        IndexModel([("model", ASCENDING), ("model_version", ASCENDING)], name="model_version"),
+    ],
+    "failures": [
+        IndexModel([("failed_at", DESCENDING)], name="newest"),
+        IndexModel([("kind", ASCENDING)], name="kind"),
+    ],
+}
+
+
+def prediction_ops(preds: Iterable[Prediction], stored_at: datetime) -> dict[str, list[UpdateOne]]:
+    """Upserts for one batch of predictions, keyed so redelivery rewrites in place."""
+    predictions: list[UpdateOne] = []
+    images: list[UpdateOne] = []
+    for p in preds:
+        pid = prediction_id(p.image_id, p.model, p.model_version)
+        result = {
+            "label": p.label,
+            "score": p.score,
+            "top_k": p.top_k,
+            "model": p.model,
+            "model_version": p.model_version,
+            "predicted_at": when(p.predicted_at),
+        }
+        predictions.append(
+            UpdateOne(
+                {"_id": pid},
+                {
+                    "$set": {
+                        "image_id": p.image_id,
+                        **result,
+                        "inference_ms": p.inference_ms,
+                        "batch_size": p.batch_size,
+                        "path": p.path,
+                        "source": p.source,
+                        "replay_id": p.replay_id,
+                        "submitted_at": when(p.submitted_at),
+                        "stored_at": stored_at,
+                    }
+                },
+                upsert=True,
+            )
+        )
+        meta = p.meta
+        images.append(
+            UpdateOne(
+                {"_id": p.image_id},
+                {
+                    "$set": {
+                        "image_id": p.image_id,
+                        "path": p.path,
+                        "source": p.source,
+                        "file_name": meta.file_name,
+                        "width": meta.width,
+                        "height": meta.height,
+                        "format": meta.format,
+                        "bytes": meta.bytes,
+                        "sha256": meta.sha256,
+                        "submitted_at": when(p.submitted_at),
+                        "prediction": result,
+                        # Flattened copies serve the dashboard's indexed filters.
+                        "label": p.label,
+                        "score": p.score,
+                        "model": p.model,
+                        "model_version": p.model_version,
+                        "updated_at": stored_at,
+                        "attrs": p.attrs,
+                    },
+                    "$setOnInsert": {"created_at": stored_at, "hidden": False},
+                },
+                upsert=True,
+            )
+        )
+    return {"predictions": predictions, "images": images}
+
+
+def failure_ops(failures: Iterable[Failure]) -> list[UpdateOne]:
+    """One document per failed image; a repeated failure updates it and counts."""
+    ops = []
+    for f in failures:
+        ops.append(
+            UpdateOne(
+                {"_id": f.image_id},
+                {
+                    "$set": {
+                        "image_id": f.image_id,
+                        "stage": f.stage,
+                        "kind": f.kind,
+                        "message": f.message,
+                        "path": f.path,
+                        "source": f.source,
+                        "topic": f.topic,
+                        "partition": f.partition,
+                        "offset": f.offset,
+                        "model": f.model,
+                        "replay_id": f.replay_id,
+                        "submitted_at": when(f.submitted_at),
+                        "failed_at": when(f.failed_at),
+                    },
+                    "$setOnInsert": {"first_failed_at": when(f.failed_at)},
+                },
+                upsert=True,
+            )
+        )
+    return ops
+
+
+class Store:
+    """Async MongoDB access for the worker's sink agents."""
+
+    def __init__(self, url: str, db_name: str) -> None:
+        from pymongo import AsyncMongoClient
+
+        self.client: Any = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=5000)
+        self.db = self.client[db_name]
+
+    async def ensure_indexes(self) -> None:
+        for name, indexes in INDEXES.items():
+            await self.db[name].create_indexes(indexes)
+
+    async def write_predictions(self, preds: list[Prediction]) -> datetime:
+        stored_at = datetime.now(UTC)
+        ops = prediction_ops(preds, stored_at)
+        await self.db.predictions.bulk_write(ops["predictions"], ordered=False)
+        await self.db.images.bulk_write(ops["images"], ordered=False)
+        # An image that succeeds (e.g. a retried dead letter) leaves the failures list.
+        ids = list({p.image_id for p in preds})
+        await self.db.failures.delete_many({"_id": {"$in": ids}})
+        return stored_at
+
+    async def write_failures(self, failures: list[Failure]) -> None:
+        await self.db.failures.bulk_write(failure_ops(failures), ordered=False)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def retry_forever(
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    first_delay: float = 0.2,
+    max_delay: float = 5.0,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> T:
+    """Retry a MongoDB write with exponential backoff until it succeeds.
+
+    The caller's offsets do not move meanwhile, so an outage delays results
+    but never loses them.
+    """
+    delay = first_delay
+    attempt = 1
+    while True:
+        try:
+            return await call()
+        except PyMongoError as exc:
+            log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, exc)
+            await sleep(delay)
+            delay = min(delay * 2, max_delay)
+            attempt += 1

@@ -1,0 +1,252 @@
+"""Model spec files: what a model artefact is and how to feed and read it.
+
+A spec is a small TOML (or YAML) file beside the artefact, so that selecting a model is
+configuration, not code. Example::
+
+    name = "efficientnet-lite0"
+    version = "1.0.0"
+    format = "keras"                 # keras | savedmodel | tflite
+    artefact = "efficientnet-lite0.keras"   # relative to this file's folder
+    input_size = [224, 224]          # height, width
+    resize = "center_crop"           # center_crop | stretch
+    preprocessing = "127_128"        # none | unit | symmetric | imagenet | 127_128
+    output = "softmax"               # softmax | sigmoid
+    labels_file = "labels.txt"       # softmax: one label per line (or inline `labels = [...]`)
+    top_k = 5
+
+A binary sigmoid model names its two outcomes instead of a labels file::
+
+    output = "sigmoid"
+    negative_label = "no tumour"
+    positive_label = "tumour"
+    threshold = 0.5
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["ModelError", "ModelSpec", "ModelSpecError", "load_spec"]
+
+
+class ModelError(Exception):
+    """Base class for everything that goes wrong describing or loading a model."""
+
+
+class ModelSpecError(ModelError, ValueError):
+    """A spec file is missing, malformed, or disagrees with its artefact."""
+
+
+Format = Literal["keras", "savedmodel", "tflite"]
+Resize = Literal["center_crop", "stretch"]
+Preprocessing = Literal["none", "unit", "symmetric", "imagenet", "127_128"]
+Output = Literal["softmax", "sigmoid"]
+
+
+class ModelSpec(BaseModel):
+    """Everything the pipeline needs to feed a model and name its answers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    format: Format
+    artefact: Path
+    input_size: tuple[int, int]
+    resize: Resize = "center_crop"
+    preprocessing: Preprocessing
+    output: Output
+    logits: bool = False
+    labels: list[str]
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    top_k: int = Field(default=5, ge=1)
+    task: Literal["classifier"] = "classifier"
+    spec_path: Path
+
+    @property
+    def key(self) -> str:
+        """Identity of the model in predictions and storage: ``name:version``."""
+        return f"{self.name}:{self.version}"
+
+    @property
+    def positive_label(self) -> str:
+        """Sigmoid models only: the label chosen when the score reaches the threshold."""
+        self._require_sigmoid()
+        return self.labels[1]
+
+    @property
+    def negative_label(self) -> str:
+        """Sigmoid models only: the label chosen below the threshold."""
+        self._require_sigmoid()
+        return self.labels[0]
+
+    def _require_sigmoid(self) -> None:
+        if self.output != "sigmoid":
+            raise AttributeError(f"{self.key} is a {self.output} model, it has no binary labels")
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError(f"input_size must be two positive ints (height, width), got {value}")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _clean_labels(cls, value: list[str]) -> list[str]:
+        stripped = [label.strip() for label in value]
+        empty = [i for i, label in enumerate(stripped) if not label]
+        if empty:
+            raise ValueError(f"labels must not be empty (label index {empty[0]})")
+        seen: dict[str, int] = {}
+        for i, label in enumerate(stripped):
+            if label in seen:
+                raise ValueError(
+                    f"label {label!r} appears twice (indices {seen[label]} and {i}); "
+                    "labels key counts and queries, so they must be unique"
+                )
+            seen[label] = i
+        return stripped
+
+    @model_validator(mode="after")
+    def _labels_fit_output(self) -> ModelSpec:
+        if self.output == "sigmoid" and len(self.labels) != 2:
+            raise ValueError(
+                f"a sigmoid model needs exactly 2 labels [negative, positive], "
+                f"got {len(self.labels)}"
+            )
+        if self.output == "softmax" and len(self.labels) < 2:
+            raise ValueError(f"a softmax model needs at least 2 labels, got {len(self.labels)}")
+        return self
+
+
+# Keys a spec file may hold. `labels`, `labels_file`, `negative_label` and `positive_label`
+# become the single `labels` field; `spec_path` is filled in from where the file was found.
+_FILE_KEYS = (set(ModelSpec.model_fields) - {"spec_path"}) | {
+    "labels_file",
+    "negative_label",
+    "positive_label",
+}
+_REQUIRED_KEYS = ("name", "version", "format", "artefact", "input_size", "preprocessing", "output")
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelSpecError(f"model spec {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelSpecError(f"model spec {path} cannot be read: {exc}") from exc
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml  # only YAML specs need it
+
+            data = yaml.safe_load(text)
+        else:
+            raise ModelSpecError(
+                f"model spec {path} must end in .toml, .yaml or .yml, not {suffix or '(none)'!r}"
+            )
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelSpecError(f"model spec {path} is not valid TOML: {exc}") from exc
+    except ModelSpecError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, imported lazily
+        raise ModelSpecError(f"model spec {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelSpecError(f"model spec {path} must be a table of keys, got {type(data).__name__}")
+    return data
+
+
+def _read_labels_file(path: Path, spec: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ModelSpecError(f"labels file {path} (named in {spec}) does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelSpecError(f"labels file {path} (named in {spec}) cannot be read: {exc}") from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise ModelSpecError(
+                f"labels file {path} has an empty line {number}; "
+                "one label per line, line N is class N-1"
+            )
+    return [line.strip() for line in lines]
+
+
+def _resolve_labels(raw: dict[str, Any], folder: Path, spec: Path) -> list[str]:
+    output = raw.get("output")
+    has_file, has_inline = "labels_file" in raw, "labels" in raw
+    has_binary = "negative_label" in raw or "positive_label" in raw
+    if output == "sigmoid":
+        if has_file or has_inline:
+            raise ModelSpecError(
+                f"model spec {spec}: a sigmoid model names its outcomes with negative_label "
+                "and positive_label, not labels/labels_file"
+            )
+        missing = [k for k in ("negative_label", "positive_label") if k not in raw]
+        if missing:
+            raise ModelSpecError(f"model spec {spec}: sigmoid output needs {', '.join(missing)}")
+        negative, positive = raw.pop("negative_label"), raw.pop("positive_label")
+        if not isinstance(negative, str) or not isinstance(positive, str):
+            raise ModelSpecError(f"model spec {spec}: negative_label/positive_label must be text")
+        return [negative, positive]
+    if has_binary:
+        raise ModelSpecError(
+            f"model spec {spec}: negative_label/positive_label are for sigmoid models only"
+        )
+    if has_file and has_inline:
+        raise ModelSpecError(f"model spec {spec}: give labels_file or labels, not both")
+    if has_file:
+        labels_file = raw.pop("labels_file")
+        if not isinstance(labels_file, str) or not labels_file:
+            raise ModelSpecError(f"model spec {spec}: labels_file must be a path")
+        return _read_labels_file(folder / labels_file, spec)
+    if has_inline:
+        labels = raw.pop("labels")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ModelSpecError(f"model spec {spec}: labels must be a list of strings")
+        return labels
+    raise ModelSpecError(f"model spec {spec}: a softmax model needs labels_file or labels")
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "spec"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a model spec; paths inside it are relative to its folder."""
+    spec_path = Path(path).expanduser().resolve()
+    raw = _read_mapping(spec_path)
+    unknown = sorted(set(raw) - _FILE_KEYS)
+    if unknown:
+        raise ModelSpecError(
+            f"model spec {spec_path}: unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(_FILE_KEYS))}"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise ModelSpecError(f"model spec {spec_path}: missing key(s) {', '.join(missing)}")
+    folder = spec_path.parent
+    raw["labels"] = _resolve_labels(raw, folder, spec_path)
+    artefact = raw["artefact"]
+    if not isinstance(artefact, str) or not artefact:
+        raise ModelSpecError(f"model spec {spec_path}: artefact must be a path")
+    raw["artefact"] = folder / Path(artefact).expanduser()
+    raw["spec_path"] = spec_path
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelSpecError(f"model spec {spec_path}: {_describe(exc)}") from exc

@@ -1,0 +1,98 @@
+"""A demo dataset from images that ship inside wheels (no downloads).
+
+``skimage.data`` bundles a handful of photographs (a cat, coffee, a rocket,
+an astronaut...) and matplotlib ships ``grace_hopper.jpg``. Each is written in
+a few variants (mirrored, cropped, rotated, scaled, PNG) so that a demo or a
+test has dozens of distinct real images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+#: Photographs bundled in the scikit-image wheel (others need a download).
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "horse",
+    "camera",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "brick",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "retina",
+)
+
+Variant = Callable[[Image.Image], Image.Image]
+
+VARIANTS: dict[str, Variant] = {
+    "orig": lambda im: im,
+    "mirror": ImageOps.mirror,
+    "crop": lambda im: im.crop(
+        (im.width // 8, im.height // 8, im.width - im.width // 8, im.height - im.height // 8)
+    ),
+    "rot90": lambda im: im.rotate(90, expand=True),
+    "small": lambda im: im.resize((max(1, im.width // 2), max(1, im.height // 2))),
+}
+
+
+def base_images() -> Iterator[tuple[str, Image.Image]]:
+    import matplotlib.cbook
+    import skimage.data
+
+    for name in SKIMAGE_PHOTOS:
+        try:
+            array = getattr(skimage.data, name)()
+        except Exception as exc:  # a photo that would need a download
+            log.debug("skipping skimage.data.%s: %s", name, exc)
+            continue
+        array = np.asarray(array)
+        if array.dtype != np.uint8:
+            array = (array.astype(np.float64) / max(float(array.max()), 1.0) * 255).astype(np.uint8)
+        yield name, Image.fromarray(array)
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
+        yield "grace_hopper", Image.open(fh).convert("RGB")
+
+
+def write_dataset(folder: Path, variants: int = len(VARIANTS)) -> list[Path]:
+    """Write the demo images into ``folder`` (idempotent); returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    chosen = list(VARIANTS.items())[:variants]
+    for name, image in base_images():
+        for variant, transform in chosen:
+            ext = "png" if variant == "small" else "jpg"
+            path = folder / f"{name}-{variant}.{ext}"
+            if not path.exists():
+                out = transform(image)
+                if ext == "jpg" and out.mode not in ("RGB", "L"):
+                    out = out.convert("RGB")
+                tmp = path.with_suffix(".tmp")
+                out.save(tmp, format="PNG" if ext == "png" else "JPEG", quality=92)
+                tmp.rename(path)
+            written.append(path)
+    return written
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,1 @@
+"""Faust tables: live label counts (see label_counts.py)."""
