@@ -1,0 +1,49 @@
+# imgflow: the README's commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL_SPEC := var/models/efficientnet-lite0/model.toml
+
+.DEFAULT_GOAL := help
+.PHONY: help install model demo test test-fast lint format bench clean
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install imgflow with its dev tools
+
+$(MODEL_SPEC): | $(STAMP)
+	$(BIN)/python -m models.efficientnet_lite build --out $(dir $(MODEL_SPEC))
+
+model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, once)
+
+demo: $(STAMP) $(MODEL_SPEC) ## Run the whole stack (embedded broker + MongoDB unless BROKER_URL/MONGO_URL are set)
+	$(BIN)/python -m imgflow.launcher demo
+
+test: $(STAMP) ## Run the whole test suite (starts embedded services unless BROKER_URL/MONGO_URL are set)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB)
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Apply ruff formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP) $(MODEL_SPEC) ## End-to-end throughput benchmark on the embedded stack
+	$(BIN)/python -m benchmarks.throughput
+
+clean: ## Remove the virtual environment and local state (var/)
+	rm -rf $(VENV) var

@@ -1,0 +1,216 @@
+"""Test helpers: real worker processes, a plain Kafka producer, bounded waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgflow.embedded import free_port
+
+BIN = Path(sys.executable).parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    """Return the first truthy value of ``predicate`` or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Services:
+    broker_url: str
+    mongo_url: str
+    model_spec: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker_url.split("://", 1)[1]
+
+
+@dataclass
+class Pipeline:
+    """One isolated imgflow deployment: its own group, topic prefix and database."""
+
+    services: Services
+    home: Path
+    name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def db_name(self) -> str:
+        return f"imgflow_{self.name}"
+
+    def topic(self, stage: str) -> str:
+        return f"{self.name}-{stage}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "BROKER_URL": self.services.broker_url,
+            "MONGO_URL": self.services.mongo_url,
+            "MONGO_DB": self.db_name,
+            "IMGFLOW_APP_ID": f"imgflow-{self.name}",
+            "IMGFLOW_TOPIC_PREFIX": self.name,
+            "IMGFLOW_HOME": str(self.home),
+            "IMGFLOW_MODEL": str(self.services.model_spec),
+            "IMGFLOW_PARTITIONS": "4",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **self.extra_env,
+            **extra,
+        }
+        return env
+
+    def start_worker(self, **extra: str) -> Worker:
+        worker = Worker(self, len(self.workers) + 1, extra)
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def run(self, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
+        """Run an app command (``faust -A imgflow ...``) to completion."""
+        return subprocess.run(
+            [str(BIN / "faust"), "-A", "imgflow", *args],
+            env=self.env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def mongo(self):
+        from pymongo import MongoClient
+
+        client: MongoClient = MongoClient(self.services.mongo_url, tz_aware=True)
+        return client[self.db_name]
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@dataclass
+class Worker:
+    pipeline: Pipeline
+    number: int
+    extra_env: dict[str, str]
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.pipeline.home / f"worker{self.number}.log"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.pipeline.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(BIN / "faust"),
+                    "-A",
+                    "imgflow",
+                    "worker",
+                    "-l",
+                    "info",
+                    "--web-host",
+                    "127.0.0.1",
+                    "--web-port",
+                    str(self.port),
+                ],
+                env=self.pipeline.env(**self.extra_env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body)
+            except ValueError:
+                return exc.code, body.decode(errors="replace")
+
+    def health(self) -> tuple[int, Any]:
+        try:
+            return self.get("/health/", timeout=2)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, None
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log_tail()}")
+            return self.health()[0] == 200
+
+        try:
+            wait_until(ready, timeout, f"worker {self.number} ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no final commit."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+async def produce_raw(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    """Publish with a plain Kafka client (aiokafka), not imgflow code."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def path_message(path: Path, image_id: str | None = None, **fields: Any) -> tuple[bytes, bytes]:
+    """The documented open JSON of an ``imgflow-paths`` message."""
+    image_id = image_id or uuid.uuid4().hex
+    body = {"image_id": image_id, "path": str(path), **fields}
+    return image_id.encode(), json.dumps(body).encode()

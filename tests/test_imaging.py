@@ -1,0 +1,72 @@
+"""Pure decode: odd images become RGB tensors, bad files get a stable failure kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgflow.imaging import ImageRejected, Limits, decode_image
+from tests.images import bad_inputs, odd_images
+
+LIMITS = Limits(max_file_bytes=5 * 2**20, max_pixels=4_000_000)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("imgs")
+
+
+def test_odd_but_valid_images_decode_to_uint8_rgb(folder: Path):
+    for name, path in odd_images(folder / "odd").items():
+        out = decode_image(path, (224, 224), "center_crop", LIMITS)
+        assert out.tensor.shape == (224, 224, 3), name
+        assert out.tensor.dtype == np.uint8, name
+        assert out.file_name == name and out.bytes == path.stat().st_size
+        assert len(out.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "empty", "not_an_image", "truncated_jpeg", "corrupt_png", "decompression_bomb", "directory"],
+)
+def test_bad_files_are_rejected_with_their_kind(folder: Path, case: str):
+    path, kind = bad_inputs(folder / "bad", LIMITS.max_pixels)[case]
+    with pytest.raises(ImageRejected) as info:
+        decode_image(path, (224, 224), "center_crop", LIMITS)
+    assert info.value.kind == kind
+    assert info.value.message
+
+
+def test_oversize_file_is_rejected_before_reading(folder: Path):
+    path = folder / "big.png"
+    Image.new("RGB", (64, 64)).save(path)
+    with pytest.raises(ImageRejected) as info:
+        decode_image(path, (224, 224), "center_crop", Limits(max_file_bytes=10, max_pixels=10**6))
+    assert info.value.kind == "file_too_large"
+
+
+def test_exif_orientation_is_applied(folder: Path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    path = folder / "portrait.jpg"
+    Image.new("RGB", (300, 100), (10, 200, 10)).save(path, exif=exif)
+    out = decode_image(path, (32, 32), "stretch", LIMITS)
+    assert (out.width, out.height) == (100, 300)
+
+
+def test_transparency_is_composited_on_white(folder: Path):
+    path = folder / "clear.png"
+    Image.new("RGBA", (10, 10), (255, 0, 0, 0)).save(path)
+    out = decode_image(path, (8, 8), "stretch", LIMITS)
+    assert out.tensor.min() == 255  # fully transparent red -> white
+
+
+def test_sixteen_bit_greyscale_keeps_its_range(folder: Path):
+    path = folder / "ramp16.png"
+    ramp = np.tile(np.linspace(0, 65535, 256, dtype=np.uint16), (16, 1))
+    Image.fromarray(ramp).save(path)
+    out = decode_image(path, (16, 256), "stretch", LIMITS)
+    assert out.tensor[..., 0].min() <= 2 and out.tensor[..., 0].max() >= 253
