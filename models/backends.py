@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -94,8 +95,7 @@ class _SavedModelRunner(_Runner):
         if isinstance(outputs, dict):
             if len(outputs) != 1:
                 raise ModelSpecError(
-                    f"{spec.key}: serving_default must give one output, it gives "
-                    f"{', '.join(sorted(outputs))}"
+                    f"{spec.key}: serving_default must give one output, it gives {', '.join(sorted(outputs))}"
                 )
             self.output_name, output_spec = next(iter(outputs.items()))
         else:
@@ -110,11 +110,23 @@ class _SavedModelRunner(_Runner):
         return np.asarray(result)
 
 
-class _TFLiteRunner(_Runner):
-    def __init__(self, spec: ModelSpec) -> None:
+def _tflite_interpreter(path: str) -> Any:
+    """A TFLite interpreter: LiteRT's if installed, else the one TensorFlow still ships."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
         import tensorflow as tf
 
-        self.interpreter = tf.lite.Interpreter(model_path=str(spec.artefact))
+        with warnings.catch_warnings():
+            # TF 2.21 warns that tf.lite.Interpreter moves to ai_edge_litert; it still works.
+            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+            return tf.lite.Interpreter(model_path=path)
+    return Interpreter(model_path=path)
+
+
+class _TFLiteRunner(_Runner):
+    def __init__(self, spec: ModelSpec) -> None:
+        self.interpreter = _tflite_interpreter(str(spec.artefact))
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -123,14 +135,13 @@ class _TFLiteRunner(_Runner):
                 f"{len(inputs)} inputs and {len(outputs)} outputs"
             )
         self.input_detail, self.output_detail = inputs[0], outputs[0]
-        signature = self.input_detail.get("shape_signature", self.input_detail["shape"])
-        self.input_shape = _dims(signature)
-        self.output_shape = _dims(
-            self.output_detail.get("shape_signature", self.output_detail["shape"])
-        )
-        self.input_shape = (None, *self.input_shape[1:]) if self.input_shape else ()
-        # A batch dimension of -1 in the signature can be resized to the batch at hand.
-        self.batch_resizable = int(signature[0]) == -1
+        signature = _dims(self.input_detail.get("shape_signature", self.input_detail["shape"]))
+        out_signature = self.output_detail.get("shape_signature", self.output_detail["shape"])
+        self.output_shape = (None, *_dims(out_signature)[1:])
+        self.input_shape = (None, *signature[1:]) if signature else ()
+        # A batch dimension of -1 in the signature can be resized to each batch; a fixed one
+        # (models converted with batch 1) means one invoke per image.
+        self.batch_resizable = bool(signature) and signature[0] is None
         self.fixed_batch = None if self.batch_resizable else int(self.input_detail["shape"][0])
         self.allocated_batch: int | None = None
         if not self.batch_resizable:
@@ -156,9 +167,7 @@ class _TFLiteRunner(_Runner):
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         if self.allocated_batch != x.shape[0]:
-            self.interpreter.resize_tensor_input(
-                self.input_detail["index"], list(x.shape), strict=True
-            )
+            self.interpreter.resize_tensor_input(self.input_detail["index"], list(x.shape), strict=True)
             self.interpreter.allocate_tensors()
             self.allocated_batch = x.shape[0]
         self.interpreter.set_tensor(self.input_detail["index"], self._quantize(x))
@@ -205,9 +214,7 @@ class Classifier:
         x = np.asarray(batch)
         height, width = self.spec.input_size
         if x.ndim != 4 or x.shape[1:] != (height, width, 3):
-            raise ValueError(
-                f"{self.spec.key} takes a batch shaped (N, {height}, {width}, 3), got {x.shape}"
-            )
+            raise ValueError(f"{self.spec.key} takes a batch shaped (N, {height}, {width}, 3), got {x.shape}")
         if x.dtype != np.uint8:
             raise ValueError(f"{self.spec.key} takes uint8 pixels, got {x.dtype}")
         inputs = normalize(x, self.spec.preprocessing)
@@ -227,9 +234,7 @@ def _check_artefact(spec: ModelSpec) -> None:
         raise ModelLoadError(f"{spec.key}: artefact {path} (named in {spec.spec_path}) is missing")
     if spec.format == "savedmodel":
         if not (path / "saved_model.pb").is_file():
-            raise ModelLoadError(
-                f"{spec.key}: {path} is not a SavedModel directory (no saved_model.pb)"
-            )
+            raise ModelLoadError(f"{spec.key}: {path} is not a SavedModel directory (no saved_model.pb)")
     elif not path.is_file():
         raise ModelLoadError(f"{spec.key}: artefact {path} is not a file")
 
@@ -238,9 +243,7 @@ def _check_shapes(spec: ModelSpec, runner: _Runner) -> None:
     height, width = spec.input_size
     shape = runner.input_shape
     if len(shape) != 4 or shape[3] not in (3, None):
-        raise ModelSpecError(
-            f"{spec.key}: model input is {shape}; expected an image batch (N, H, W, 3)"
-        )
+        raise ModelSpecError(f"{spec.key}: model input is {shape}; expected an image batch (N, H, W, 3)")
     if (shape[1] not in (height, None)) or (shape[2] not in (width, None)):
         raise ModelSpecError(
             f"{spec.key}: spec input_size is {height}x{width} but the model takes "
@@ -257,9 +260,7 @@ def _check_output(spec: ModelSpec, shape: Shape) -> None:
                 f"{len(spec.labels)} labels"
             )
     elif not (len(shape) == 1 or (len(shape) == 2 and shape[1] in (1, None))):
-        raise ModelSpecError(
-            f"{spec.key}: a sigmoid model must give one score per image, it gives {shape}"
-        )
+        raise ModelSpecError(f"{spec.key}: a sigmoid model must give one score per image, it gives {shape}")
 
 
 def load_classifier(spec: ModelSpec, *, warm_up: bool = True) -> Classifier:

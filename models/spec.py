@@ -61,7 +61,7 @@ class ModelSpec(BaseModel):
     preprocessing: Preprocessing
     output: Output
     logits: bool = False
-    labels: list[str]
+    labels: list[str] = Field(repr=False)  # 1000 names would drown every log line
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     top_k: int = Field(default=5, ge=1)
     task: Literal["classifier"] = "classifier"
@@ -87,6 +87,13 @@ class ModelSpec(BaseModel):
     def _require_sigmoid(self) -> None:
         if self.output != "sigmoid":
             raise AttributeError(f"{self.key} is a {self.output} model, it has no binary labels")
+
+    @field_validator("input_size", mode="before")
+    @classmethod
+    def _two_dims(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise ValueError(f"input_size must be [height, width], got {value!r}")
+        return value
 
     @field_validator("input_size")
     @classmethod
@@ -116,8 +123,7 @@ class ModelSpec(BaseModel):
     def _labels_fit_output(self) -> ModelSpec:
         if self.output == "sigmoid" and len(self.labels) != 2:
             raise ValueError(
-                f"a sigmoid model needs exactly 2 labels [negative, positive], "
-                f"got {len(self.labels)}"
+                f"a sigmoid model needs exactly 2 labels [negative, positive], got {len(self.labels)}"
             )
         if self.output == "softmax" and len(self.labels) < 2:
             raise ValueError(f"a softmax model needs at least 2 labels, got {len(self.labels)}")
@@ -176,8 +182,7 @@ def _read_labels_file(path: Path, spec: Path) -> list[str]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise ModelSpecError(
-                f"labels file {path} has an empty line {number}; "
-                "one label per line, line N is class N-1"
+                f"labels file {path} has an empty line {number}; one label per line, line N is class N-1"
             )
     return [line.strip() for line in lines]
 
@@ -200,9 +205,7 @@ def _resolve_labels(raw: dict[str, Any], folder: Path, spec: Path) -> list[str]:
             raise ModelSpecError(f"model spec {spec}: negative_label/positive_label must be text")
         return [negative, positive]
     if has_binary:
-        raise ModelSpecError(
-            f"model spec {spec}: negative_label/positive_label are for sigmoid models only"
-        )
+        raise ModelSpecError(f"model spec {spec}: negative_label/positive_label are for sigmoid models only")
     if has_file and has_inline:
         raise ModelSpecError(f"model spec {spec}: give labels_file or labels, not both")
     if has_file:

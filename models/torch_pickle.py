@@ -97,8 +97,9 @@ class _TensorRef:
             strides=tuple(s * item for s in self.stride),
             writeable=False,
         )
-        # A native-endian, contiguous copy detaches the result from the shared storage buffer.
-        return np.ascontiguousarray(view, dtype=data.dtype.newbyteorder("="))
+        # A native-endian, C-ordered copy detaches the result from the file buffer
+        # (np.array, not ascontiguousarray, which would turn 0-d scalars into shape (1,)).
+        return np.array(view, dtype=data.dtype.newbyteorder("="), order="C", copy=True)
 
 
 def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -168,9 +169,7 @@ class _StateDictUnpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name, _STORAGE_DTYPES[name])
-        raise pickle.UnpicklingError(
-            f"global '{module}.{name}' is not allowed in a state dict checkpoint"
-        )
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a state dict checkpoint")
 
     def persistent_load(self, pid: Any) -> _StorageRef:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):

@@ -1,0 +1,347 @@
+"""docker-compose.yml and the Dockerfile, checked by construction.
+
+No Docker engine is needed: the files are parsed and their properties compared with the settings
+class, so a deployment that cannot work (unknown variable, wrong host, message limit below
+imgflow's, a volume not shared by every node that resolves paths, ...) fails here first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from imgflow.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+PYPROJECT = ROOT / "pyproject.toml"
+
+KAFKA = "kafka"
+MONGO = "mongo"
+IMGFLOW_SERVICES = ("worker", "simulator", "dashboard")
+SERVICES = (KAFKA, MONGO, *IMGFLOW_SERVICES)
+# Read by the dashboard itself, not a Settings field.
+EXTRA_ENV = frozenset({"IMGFLOW_WORKER_URLS"})
+REQUIRED_ENV = ("BROKER_URL", "MONGO_URL", "MONGO_DB", "IMGFLOW_MODEL")
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+# Parsing helpers -------------------------------------------------------------------------
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable name the settings class reads."""
+    names: set[str] = set()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(choice for choice in alias.choices if isinstance(choice, str))
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(field_name.upper())
+    return names
+
+
+def environment(service: dict[str, Any]) -> dict[str, str | None]:
+    """A service's environment as a mapping, from either Compose syntax (mapping or list)."""
+    env = service.get("environment") or {}
+    if isinstance(env, dict):
+        return {str(k): None if v is None else str(v) for k, v in env.items()}
+    pairs: dict[str, str | None] = {}
+    for item in env:
+        key, sep, value = str(item).partition("=")
+        pairs[key] = value if sep else None
+    return pairs
+
+
+def mounts(service: dict[str, Any]) -> set[tuple[str, str]]:
+    """``(source, target)`` of a service's volumes, from short or long syntax."""
+    found = set()
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            found.add((str(volume.get("source", "")), str(volume["target"])))
+        else:
+            parts = str(volume).split(":")
+            source, target = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
+            found.add((source, target))
+    return found
+
+
+def hosts(url: str) -> list[tuple[str, int | None]]:
+    """``(host, port)`` pairs of a URL that may list several hosts (Kafka, MongoDB)."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    pairs = []
+    for hostport in netloc.replace(";", ",").split(","):
+        host, sep, port = hostport.strip().rpartition(":")
+        pairs.append((host, int(port)) if sep else (port, None))
+    return pairs
+
+
+def settings_for(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a container with exactly this environment would build."""
+    for name in settings_env_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` in order, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        keyword, _, args = line.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+def dockerfile_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """The image's environment after all ``ENV`` instructions."""
+    env: dict[str, str] = {}
+    for keyword, args in instructions:
+        if keyword != "ENV":
+            continue
+        tokens = shlex.split(args)
+        if tokens and "=" not in tokens[0]:  # legacy form: ENV NAME value with spaces
+            env[tokens[0]] = " ".join(tokens[1:])
+            continue
+        for token in tokens:
+            name, _, value = token.partition("=")
+            env[name] = value
+    return env
+
+
+def model_build_out(instructions: list[tuple[str, str]]) -> tuple[int, PurePosixPath]:
+    """Index of the RUN that builds the default model, and its ``--out`` folder."""
+    for index, (keyword, args) in enumerate(instructions):
+        if keyword != "RUN":
+            continue
+        for command in args.split("&&"):
+            tokens = shlex.split(command)
+            if "models.efficientnet_lite" in tokens and "build" in tokens and "--out" in tokens:
+                return index, PurePosixPath(tokens[tokens.index("--out") + 1])
+    raise AssertionError("no RUN builds the default model (python -m models.efficientnet_lite build --out)")
+
+
+# Fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose.get("services") or {}
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+# Compose ---------------------------------------------------------------------------------
+
+
+def test_compose_has_all_services(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    assert "version" not in compose, "Compose spec files have no top-level version key"
+    missing = set(SERVICES) - set(services)
+    assert not missing, f"services missing from docker-compose.yml: {sorted(missing)}"
+
+
+def test_worker_runs_two_replicas(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert (worker.get("deploy") or {}).get("replicas") == 2
+    # Replicas cannot share a fixed container name.
+    assert "container_name" not in worker
+
+
+def test_imgflow_services_run_the_project_image(services: dict[str, dict[str, Any]]) -> None:
+    images = set()
+    for name in IMGFLOW_SERVICES:
+        service = services[name]
+        build = service.get("build")
+        assert build is not None, f"{name} is not built from the Dockerfile"
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert (ROOT / context / dockerfile).resolve() == DOCKERFILE.resolve(), name
+        images.add(service.get("image"))
+    assert len(images) == 1, f"worker, simulator and dashboard use different images: {images}"
+
+
+@pytest.mark.parametrize("name", IMGFLOW_SERVICES)
+def test_imgflow_environment_names_are_settings(services: dict[str, dict[str, Any]], name: str) -> None:
+    env = environment(services[name])
+    unknown = set(env) - settings_env_names() - EXTRA_ENV
+    assert not unknown, f"{name}: variables that imgflow does not read: {sorted(unknown)}"
+    for required in REQUIRED_ENV:
+        assert env.get(required), f"{name}: {required} is not set"
+
+
+@pytest.mark.parametrize("name", IMGFLOW_SERVICES)
+def test_imgflow_environment_values_are_valid(
+    services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings_for(environment(services[name]), monkeypatch)  # raises on a value it cannot parse
+
+
+@pytest.mark.parametrize("name", IMGFLOW_SERVICES)
+def test_urls_name_the_services(services: dict[str, dict[str, Any]], name: str) -> None:
+    env = environment(services[name])
+    broker = hosts(env["BROKER_URL"] or "")
+    assert broker and all(host == KAFKA for host, _ in broker), f"{name}: BROKER_URL {env['BROKER_URL']}"
+    mongo = hosts(env["MONGO_URL"] or "")
+    assert mongo and all(host == MONGO for host, _ in mongo), f"{name}: MONGO_URL {env['MONGO_URL']}"
+
+    # Every bootstrap address must be one Kafka advertises inside the network.
+    advertised = environment(services[KAFKA]).get("KAFKA_ADVERTISED_LISTENERS") or ""
+    endpoints = {hosts(listener)[0] for listener in advertised.split(",") if listener.strip()}
+    for host, port in broker:
+        assert (host, port or 9092) in endpoints, f"{name}: {host}:{port} is not advertised by Kafka"
+
+    for key, value in env.items():
+        if key.endswith("_URL") or key.endswith("_URLS"):
+            for url in (value or "").split(","):
+                for host, _ in hosts(url):
+                    assert host not in LOOPBACK, f"{name}: {key} points at loopback ({url})"
+
+
+def test_dashboard_reaches_the_workers(services: dict[str, dict[str, Any]]) -> None:
+    urls = environment(services["dashboard"]).get("IMGFLOW_WORKER_URLS") or ""
+    worker_port = int(environment(services["worker"]).get("IMGFLOW_WEB_PORT") or 6066)
+    assert urls.strip(), "dashboard: IMGFLOW_WORKER_URLS is not set"
+    for url in urls.split(","):
+        assert url.strip().startswith("http://"), url
+        assert hosts(url) == [("worker", worker_port)], f"dashboard: {url} is not a worker web port"
+    # Other containers can reach the worker's web server only if it listens beyond loopback.
+    assert environment(services["worker"]).get("IMGFLOW_WEB_BIND") == "0.0.0.0"
+
+
+def test_kafka_accepts_the_largest_imgflow_message(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = environment(services[KAFKA])
+    message_max = int(kafka.get("KAFKA_MESSAGE_MAX_BYTES") or 1048588)  # Kafka's default
+    replica_fetch_max = int(kafka.get("KAFKA_REPLICA_FETCH_MAX_BYTES") or 1048576)
+    assert message_max >= Settings.model_fields["max_message_bytes"].default
+    for name in IMGFLOW_SERVICES:
+        allowed = settings_for(environment(services[name]), monkeypatch).max_message_bytes
+        assert message_max >= allowed, f"{name} may send {allowed} bytes, Kafka accepts {message_max}"
+    assert replica_fetch_max >= message_max
+
+
+def test_kafka_is_a_single_kraft_node(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = environment(services[KAFKA])
+    assert {"broker", "controller"} <= set((kafka.get("KAFKA_PROCESS_ROLES") or "").split(","))
+    node_id = kafka.get("KAFKA_NODE_ID")
+    assert node_id and f"{node_id}@{KAFKA}:" in (kafka.get("KAFKA_CONTROLLER_QUORUM_VOTERS") or "")
+    assert kafka.get("CLUSTER_ID"), "the apache/kafka image needs CLUSTER_ID in KRaft mode"
+    assert kafka.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE") == "true"
+    assert kafka.get("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR") == "1"
+    # The host listener: published and advertised as localhost:29092.
+    assert "localhost:29092" in (kafka.get("KAFKA_ADVERTISED_LISTENERS") or "")
+    assert any(str(port).split(":")[-1] == "29092" for port in services[KAFKA].get("ports") or [])
+    # A topic created by a first send gets as many partitions as Faust would declare.
+    partitions = settings_for(environment(services["worker"]), monkeypatch).partitions
+    num_partitions = int(kafka.get("KAFKA_NUM_PARTITIONS") or 1)  # Kafka's default
+    assert num_partitions == partitions, "KAFKA_NUM_PARTITIONS differs from IMGFLOW_PARTITIONS"
+
+
+def test_services_wait_for_healthy_backends(services: dict[str, dict[str, Any]]) -> None:
+    for name in (KAFKA, MONGO):
+        assert (services[name].get("healthcheck") or {}).get("test"), f"{name} has no healthcheck"
+    mongo_check = " ".join(services[MONGO]["healthcheck"]["test"])
+    assert "mongosh" in mongo_check and "ping" in mongo_check
+    depends = services["worker"].get("depends_on") or {}
+    for name in (KAFKA, MONGO):
+        assert isinstance(depends, dict) and name in depends, f"worker does not depend on {name}"
+        assert depends[name].get("condition") == "service_healthy", f"worker does not wait for {name}"
+
+
+def test_image_folders_are_on_one_shared_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    named = set(compose.get("volumes") or {})
+    shared = set.intersection(*(mounts(services[name]) for name in IMGFLOW_SERVICES))
+    shared = {(source, target) for source, target in shared if source in named}
+    assert shared, "worker, simulator and dashboard do not mount one named volume at one path"
+    targets = [PurePosixPath(target) for _, target in shared]
+    for name in IMGFLOW_SERVICES:
+        env = environment(services[name])
+        settings = settings_for(env, monkeypatch)
+        folders = {
+            "IMGFLOW_DATASET_DIR": settings.dataset_path,
+            "IMGFLOW_UPLOAD_DIR": settings.upload_path,
+        }
+        folders.update({f"IMGFLOW_WATCH_DIRS[{i}]": p for i, p in enumerate(settings.watch_paths)})
+        for key in ("IMGFLOW_DATASET_DIR", "IMGFLOW_UPLOAD_DIR"):
+            assert env.get(key), f"{name}: {key} is not set"
+        for key, folder in folders.items():
+            path = PurePosixPath(folder.as_posix())
+            assert any(path.is_relative_to(t) for t in targets), f"{name}: {key}={path} is not shared"
+
+
+# Dockerfile ------------------------------------------------------------------------------
+
+
+def test_dockerfile_installs_the_project_as_non_root(dockerfile: list[tuple[str, str]]) -> None:
+    assert dockerfile[0][0] == "FROM" and dockerfile[0][1].startswith("python:3.11-slim")
+    runs = [args for keyword, args in dockerfile if keyword == "RUN"]
+    assert any(shlex.split(cmd)[:3] == ["pip", "install", "."] for run in runs for cmd in run.split("&&")), (
+        "the Dockerfile does not `pip install .`"
+    )
+    users = [args for keyword, args in dockerfile if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image runs as root"
+    cmds = [args for keyword, args in dockerfile if keyword == "CMD"]
+    assert cmds and yaml.safe_load(cmds[-1]) == ["faust", "-A", "imgflow", "worker", "-l", "info"]
+
+
+def test_dockerfile_builds_the_model_that_compose_uses(
+    dockerfile: list[tuple[str, str]], services: dict[str, dict[str, Any]]
+) -> None:
+    build_index, out = model_build_out(dockerfile)
+    install_index = next(
+        i for i, (keyword, args) in enumerate(dockerfile) if keyword == "RUN" and "pip install ." in args
+    )
+    assert install_index < build_index, "the model is built before the project is installed"
+    spec = dockerfile_env(dockerfile).get("IMGFLOW_MODEL")
+    assert spec, "the Dockerfile does not set IMGFLOW_MODEL"
+    assert PurePosixPath(spec) == out / "model.toml"
+    for name in IMGFLOW_SERVICES:
+        assert environment(services[name]).get("IMGFLOW_MODEL") == spec, name
+
+
+def test_build_context_keeps_the_project() -> None:
+    pyproject = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+    needed = ["pyproject.toml", *pyproject["tool"]["setuptools"]["packages"]]
+    patterns = [
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for name in needed:
+        ignored = [p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(name, p)]
+        assert not ignored, f".dockerignore drops {name} ({ignored})"
