@@ -19,6 +19,7 @@ import numpy as np
 from agents.acks import hold, release
 from agents.failures import failure_for, malformed
 from imgflow.app import app, settings
+from imgflow.metrics import METRICS
 from imgflow.records import DecodedImage, MalformedMessage, Prediction, dumps, parse
 from imgflow.topics import failed_topic, predictions_topic, publish, tensors_topic
 from models.backends import Classifier
@@ -85,6 +86,8 @@ async def classify_group(
     try:
         results = await loop.run_in_executor(_executor, model.predict, np.stack(arrays))
         elapsed = (time.perf_counter() - started) * 1000
+        METRICS.inference.labels(model.spec.key).observe(elapsed / 1000)
+        METRICS.classified.labels(model.spec.key).inc(len(items))
         return predictions_for(items, results, model, elapsed), []
     except Exception as exc:
         if len(items) == 1:
@@ -134,3 +137,4 @@ async def classify(stream):
         await publish(predictions_topic, [(p.image_id, dumps(p)) for p in predictions])
         await publish(failed_topic, failures)
         release(events)
+        METRICS.batch_size.labels("classify").observe(len(events))

@@ -17,6 +17,7 @@ from agents.acks import hold, release
 from agents.failures import failure_for, malformed
 from imgflow.app import app, settings
 from imgflow.imaging import ImageRejected, Limits, decode_image
+from imgflow.metrics import METRICS
 from imgflow.records import (
     DecodedImage,
     ImageMeta,
@@ -96,3 +97,5 @@ async def decode(stream):
         await publish(tensors_topic, tensors)
         await publish(failed_topic, failures)
         release(events)
+        METRICS.decoded.inc(len(tensors))
+        METRICS.batch_size.labels("decode").observe(len(events))

@@ -15,6 +15,7 @@ from typing import Any
 from agents.acks import hold, release
 from imgflow.app import app, settings
 from imgflow.imaging import ImageRejected
+from imgflow.metrics import METRICS
 from imgflow.records import Failure, MalformedMessage, dumps, message_id, parse
 from imgflow.storage import Store, retry_forever
 from imgflow.topics import failed_topic
@@ -93,3 +94,5 @@ async def record_failures(stream):
         if failures:
             await retry_forever("store failures", partial(store.write_failures, failures))
         release(events)
+        for f in failures:
+            METRICS.failed.labels(f.stage, f.kind).inc()

@@ -13,6 +13,7 @@ from functools import partial
 from agents.acks import hold, release
 from agents.failures import malformed
 from imgflow.app import app, settings
+from imgflow.metrics import METRICS
 from imgflow.records import MalformedMessage, Prediction, Stored, dumps, parse
 from imgflow.storage import Store, retry_forever
 from imgflow.topics import failed_topic, predictions_topic, publish, stored_topic
@@ -59,3 +60,8 @@ async def store(stream):
             await publish(stored_topic, stored_events(preds, stored_at.timestamp()))
         await publish(failed_topic, failures)
         release(events)
+        METRICS.batch_size.labels("store").observe(len(events))
+        if preds:
+            METRICS.stored.inc(len(preds))
+            for p in preds:
+                METRICS.end_to_end.observe(max(0.0, stored_at.timestamp() - p.submitted_at))

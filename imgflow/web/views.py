@@ -1,0 +1,246 @@
+"""Web views on each worker's Faust web server.
+
+- ``GET /health/``: worker id, assigned partitions, models loaded, lag; 503 until ready.
+- ``GET /counts/``: live label counts for the whole cluster, from any worker.
+- ``GET /counts/local/?partitions=0,1``: this worker's share (used by /counts/).
+- ``GET /metrics``: Prometheus text.
+- ``GET /images/{image_id}``: the stored result from MongoDB.
+
+``/counts/`` fans out: it reads the partition assignment every member shares
+through Faust's assignor (url -> changelog partitions of ``label_counts``),
+answers its own partitions in process and asks each other owner, in parallel,
+only for the partitions it owns. The parts are disjoint by construction, so
+merging is a sum. A missing owner makes the answer ``complete: false`` with
+the partitions it lacks rather than a silent undercount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+import aiohttp
+from faust.web import Request, Response, View
+
+from imgflow.app import app, settings
+from imgflow.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+FANOUT_TIMEOUT = 5.0
+_http: aiohttp.ClientSession | None = None
+_store: Any = None
+
+
+def _session() -> aiohttp.ClientSession:
+    global _http
+    if _http is None or _http.closed:
+        _http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT))
+    return _http
+
+
+def _mongo():
+    global _store
+    if _store is None:
+        from imgflow.storage import Store
+
+        _store = Store(settings.mongo_url, settings.mongo_db)
+    return _store
+
+
+def _norm(url: Any) -> str:
+    return str(url).rstrip("/")
+
+
+def owners() -> dict[str, set[int]]:
+    """url -> partitions of the label tables it actively owns (from the assignor)."""
+    from tables.label_counts import label_counts
+
+    table = label_counts.table
+    topic = table.changelog_topic.get_topic_name()
+    result: dict[str, set[int]] = {}
+    for url, topics in app.router.table_metadata(table.name).items():
+        parts = set(topics.get(topic, ()))
+        if parts:
+            result[_norm(url)] = parts
+    return result
+
+
+def _partitions_arg(request: Request) -> set[int] | None:
+    raw = request.query.get("partitions")
+    if raw is None:
+        return None
+    return {int(p) for p in raw.split(",") if p.strip()}
+
+
+def _window_limit(request: Request) -> int:
+    try:
+        return max(1, min(1000, int(request.query.get("windows", 10))))
+    except ValueError:
+        return 10
+
+
+@app.page("/counts/local/")
+class LocalCounts(View):
+    """This worker's windows for the requested partitions."""
+
+    async def get(self, request: Request) -> Response:
+        from tables.label_counts import local_counts
+
+        try:
+            partitions = _partitions_arg(request)
+        except ValueError:
+            return self.json({"error": "partitions must be a comma list of integers"}, status=400)
+        windows = local_counts(partitions)
+        return self.json(
+            {
+                "worker": _norm(app.conf.canonical_url),
+                "partitions": sorted(partitions) if partitions is not None else None,
+                "windows": [w.as_json() for w in windows.values()],
+            }
+        )
+
+
+@app.page("/counts/")
+class ClusterCounts(View):
+    """Counts for the current window and the last N windows, for the whole cluster."""
+
+    async def get(self, request: Request) -> Response:
+        from tables.label_counts import local_counts, merge
+
+        limit = _window_limit(request)
+        me = _norm(app.conf.canonical_url)
+        shares = owners()
+        all_partitions = set(range(settings.partitions))
+        parts: list[list[dict[str, Any]]] = []
+        answered: set[int] = set()
+        errors: dict[str, str] = {}
+
+        async def ask(url: str, partitions: set[int]) -> None:
+            query = ",".join(map(str, sorted(partitions)))
+            try:
+                async with _session().get(f"{url}/counts/local/", params={"partitions": query}) as resp:
+                    resp.raise_for_status()
+                    body = await resp.json()
+                parts.append(body["windows"])
+                answered.update(partitions)
+            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+                errors[url] = f"{type(exc).__name__}: {exc}"
+
+        if me in shares:
+            parts.append([w.as_json() for w in local_counts(shares[me]).values()])
+            answered.update(shares[me])
+        await asyncio.gather(*(ask(url, ps) for url, ps in shares.items() if url != me))
+
+        now = time.time()
+        windows = [w for w in merge(parts) if w["end"] > now - settings.window_expires]
+        current = next((w for w in windows if w["start"] <= now < w["end"] + 0.1), None)
+        missing = sorted(all_partitions - answered)
+        return self.json(
+            {
+                "complete": not missing,
+                "missing_partitions": missing,
+                "errors": errors,
+                "owners": {url: sorted(ps) for url, ps in sorted(shares.items())},
+                "answered_by": me,
+                "window": {
+                    "seconds": settings.window_seconds,
+                    "step": settings.window_step,
+                    "expires": settings.window_expires,
+                },
+                "now": now,
+                "current": current or {"start": None, "end": None, "total": 0, "counts": {}, "by_model": {}},
+                "windows": windows[:limit],
+            }
+        )
+
+
+def lag() -> int | None:
+    """Messages waiting on this worker's assigned partitions of the paths topic, if known."""
+    consumer = app.consumer
+    total = 0
+    known = False
+    for tp in consumer.assignment():
+        if tp.topic != settings.topic("paths"):
+            continue
+        high = consumer.highwater(tp)
+        committed = consumer._committed_offset.get(tp)
+        if high is not None:
+            known = True
+            total += max(0, high - (committed or 0))
+    return total if known else None
+
+
+@app.page("/health/")
+class Health(View):
+    """Ready when the worker has joined its group and loaded the default model."""
+
+    async def get(self, request: Request) -> Response:
+        from agents.classify import models
+
+        try:
+            assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+        except Exception:  # consumer not started yet
+            assigned = []
+        loaded = [{"name": s.name, "version": s.version, "spec": str(s.spec_path)} for s in models.loaded]
+        rebalancing = bool(app.rebalancing)
+        ready = bool(loaded) and not rebalancing and bool(assigned)
+        try:
+            current_lag = lag()
+        except Exception:
+            current_lag = None
+        body = {
+            "status": "ok" if ready else "starting",
+            "worker": f"{socket.gethostname()}:{app.conf.web_port}",
+            "url": _norm(app.conf.canonical_url),
+            "models": loaded,
+            "assigned": assigned,
+            "rebalancing": rebalancing,
+            "lag": current_lag,
+        }
+        return self.json(body, status=200 if ready else 503)
+
+
+@app.page("/metrics")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(METRICS.render(), content_type="text/plain; version=0.0.4")
+
+
+def _jsonable(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in doc.items():
+        if hasattr(value, "isoformat"):
+            out[key] = value.isoformat()
+        elif isinstance(value, dict):
+            out[key] = _jsonable(value)
+        else:
+            out[key] = value
+    return out
+
+
+@app.page("/images/{image_id}")
+class ImageResult(View):
+    """The stored result of one image: latest prediction, every model's, any failure."""
+
+    async def get(self, request: Request, image_id: str) -> Response:
+        db = _mongo().db
+        image = await db.images.find_one({"_id": image_id})
+        failure = await db.failures.find_one({"_id": image_id})
+        if image is None and failure is None:
+            return self.json({"error": f"unknown image_id {image_id!r}"}, status=404)
+        predictions = [
+            _jsonable(p) async for p in db.predictions.find({"image_id": image_id}).sort("predicted_at", 1)
+        ]
+        return self.json(
+            {
+                "image_id": image_id,
+                "status": "stored" if image else "failed",
+                "image": _jsonable(image) if image else None,
+                "predictions": predictions,
+                "failure": _jsonable(failure) if failure else None,
+            }
+        )
