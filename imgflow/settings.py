@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     upload_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_UPLOAD_DIR"))
     dataset_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_DATASET_DIR"))
     watch_dirs: str = Field("", validation_alias=_env("IMGFLOW_WATCH_DIRS"))
+    watch_recursive: bool = Field(True, validation_alias=_env("IMGFLOW_WATCH_RECURSIVE"))
+    watch_lifecycle: bool = Field(False, validation_alias=_env("IMGFLOW_WATCH_LIFECYCLE"))
+    watch_settle_seconds: float = Field(1.0, ge=0, validation_alias=_env("IMGFLOW_WATCH_SETTLE_SECONDS"))
+    image_roots: str = Field("", validation_alias=_env("IMGFLOW_IMAGE_ROOTS"))
+    max_upload_bytes: int = Field(20 * 2**20, ge=1, validation_alias=_env("IMGFLOW_MAX_UPLOAD_BYTES"))
+    worker_urls: str = Field("http://127.0.0.1:6066", validation_alias=_env("IMGFLOW_WORKER_URLS"))
 
     # Stage tuning
     batch_size: int = Field(32, ge=1, validation_alias=_env("IMGFLOW_BATCH_SIZE"))
@@ -95,6 +101,16 @@ class Settings(BaseSettings):
     @property
     def watch_paths(self) -> list[Path]:
         return [Path(p) for p in self.watch_dirs.split(",") if p.strip()]
+
+    @property
+    def preview_roots(self) -> list[Path]:
+        """Folders whose images may be shown or read back (uploads, dataset, watched, extra)."""
+        extra = [Path(p) for p in self.image_roots.split(",") if p.strip()]
+        return [self.dataset_path, self.upload_path, *self.watch_paths, *extra]
+
+    @property
+    def worker_url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.worker_urls.split(",") if u.strip()]
 
     @property
     def bootstrap_servers(self) -> list[str]:
