@@ -20,7 +20,7 @@ def _env(name: str) -> AliasChoices:
 class Settings(BaseSettings):
     """imgflow configuration. Field aliases are the environment variable names."""
 
-    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     # Services
     broker_url: str = Field("kafka://127.0.0.1:9092", validation_alias=_env("BROKER_URL"))
@@ -100,12 +100,12 @@ class Settings(BaseSettings):
 
     @property
     def watch_paths(self) -> list[Path]:
-        return [Path(p) for p in self.watch_dirs.split(",") if p.strip()]
+        return [Path(p.strip()) for p in self.watch_dirs.split(",") if p.strip()]
 
     @property
     def preview_roots(self) -> list[Path]:
         """Folders whose images may be shown or read back (uploads, dataset, watched, extra)."""
-        extra = [Path(p) for p in self.image_roots.split(",") if p.strip()]
+        extra = [Path(p.strip()) for p in self.image_roots.split(",") if p.strip()]
         return [self.dataset_path, self.upload_path, *self.watch_paths, *extra]
 
     @property

@@ -1,0 +1,39 @@
+"""Settings come from the documented environment names only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imgflow.settings import Settings
+
+
+def test_defaults_work_on_one_machine(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HOME", "/somewhere/else")  # a field named `home` must not read $HOME
+    monkeypatch.setenv("PARTITIONS", "99")
+    s = Settings()
+    assert s.home == Path("var") and s.partitions == 4
+    assert s.broker_url == "kafka://127.0.0.1:9092" and s.bootstrap_servers == ["127.0.0.1:9092"]
+    assert s.model_spec_path == Path("var/models/efficientnet-lite0/model.toml")
+    assert s.topic("paths") == "imgflow-paths"
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BROKER_URL", "k1:9092,k2:9092")
+    monkeypatch.setenv("IMGFLOW_TOPIC_PREFIX", "cam")
+    monkeypatch.setenv("IMGFLOW_BATCH_SIZE", "8")
+    monkeypatch.setenv("IMGFLOW_WATCH_DIRS", "/a, /b")
+    monkeypatch.setenv("IMGFLOW_MODEL", "/models/v2/model.toml")
+    s = Settings()
+    assert s.broker_url == "kafka://k1:9092,k2:9092"
+    assert s.bootstrap_servers == ["k1:9092", "k2:9092"]
+    assert s.topic("failed") == "cam-failed" and s.batch_size == 8
+    assert s.watch_paths == [Path("/a"), Path("/b")]
+    assert s.model_spec_path == Path("/models/v2/model.toml")
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("IMGFLOW_PARTITIONS", "0")
+    with pytest.raises(ValueError, match="IMGFLOW_PARTITIONS"):
+        Settings()
