@@ -1,0 +1,95 @@
+"""Replay selection parsing and the model comparison query (real MongoDB-protocol server)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from imgflow.queries import compare_models, model_versions, split_model
+from imgflow.records import ImagePath
+from imgflow.replay import Selection, parse_offsets, parse_time
+
+
+def test_parse_time_accepts_durations_and_iso():
+    now = 1_800_000_000.0
+    assert parse_time("90s", now) == now - 90
+    assert parse_time("2h", now) == now - 7200
+    assert parse_time("1.5d", now) == now - 1.5 * 86400
+    assert parse_time("2027-01-15T10:00:00Z") == parse_time("2027-01-15T10:00:00+00:00")
+    assert parse_time("2027-01-15T10:00:00") == parse_time("2027-01-15T10:00:00Z")  # naive = UTC
+    with pytest.raises(ValueError, match="duration"):
+        parse_time("yesterday")
+
+
+def test_parse_offsets():
+    assert parse_offsets(["0:10-20", "3:5-"]) == {0: (10, 20), 3: (5, None)}
+    for bad in ["0:20-10", "x:1-2", "1-2"]:
+        with pytest.raises(ValueError):
+            parse_offsets([bad])
+
+
+def test_selection_filters():
+    sel = Selection(since=100.0, until=200.0, offsets={1: (5, 9)}, sources=frozenset({"cam"}))
+    assert sel.wants_partition(1) and not sel.wants_partition(0)
+    assert sel.first_offset(1) == 5 and sel.past_end(1, 10) and not sel.past_end(1, 9)
+    assert sel.in_time(100_000) and sel.in_time(199_999) and not sel.in_time(200_000)
+    item = ImagePath(image_id="a", path="/a", source="cam")
+    assert sel.accepts(item)
+    assert not sel.accepts(ImagePath(image_id="a", path="/a", source="web"))
+    assert not sel.accepts(ImagePath(image_id="a", path="/a", source="cam", replay_id="r1"))
+    assert Selection(include_replays=True).accepts(ImagePath(image_id="a", path="/a", replay_id="r1"))
+
+
+def test_split_model():
+    assert split_model("efficientnet-lite0:1.0.0") == ("efficientnet-lite0", "1.0.0")
+    assert split_model("org:model:2") == ("org:model", "2")
+    with pytest.raises(ValueError):
+        split_model("noversion")
+
+
+@pytest.fixture
+def db(services):
+    from pymongo import MongoClient
+
+    client = MongoClient(services.mongo_url)
+    name = f"cmp_{uuid.uuid4().hex[:8]}"
+    yield client[name]
+    client.drop_database(name)
+    client.close()
+
+
+def pred(image_id, model, version, label, score, top_k):
+    return {
+        "_id": f"{image_id}|{model}|{version}",
+        "image_id": image_id,
+        "model": model,
+        "model_version": version,
+        "label": label,
+        "score": score,
+        "top_k": [{"label": lab, "score": s} for lab, s in top_k],
+    }
+
+
+def test_compare_models_on_known_disagreements(db):
+    db.predictions.insert_many(
+        [
+            pred("i1", "m", "1", "cat", 0.9, [("cat", 0.9), ("dog", 0.1)]),
+            pred("i1", "m", "2", "cat", 0.8, [("cat", 0.8), ("dog", 0.2)]),
+            pred("i2", "m", "1", "dog", 0.6, [("dog", 0.6), ("cat", 0.4)]),
+            pred("i2", "m", "2", "cat", 0.7, [("cat", 0.7), ("dog", 0.3)]),
+            pred("i3", "m", "1", "cat", 0.95, [("cat", 0.95)]),
+            pred("i3", "m", "2", "dog", 0.99, [("dog", 0.99)]),
+            pred("i4", "m", "1", "cat", 0.5, [("cat", 0.5)]),  # only in version 1: not compared
+        ]
+    )
+    report = compare_models(db, "m:1", "m:2")
+    assert report["images"] == 3 and report["agree"] == 1
+    assert report["agreement"] == pytest.approx(1 / 3)
+    assert report["confusion"] == {"cat": {"cat": 1, "dog": 1}, "dog": {"cat": 1}}
+    # i3 lost all of its 0.95 on "cat"; i2 lost 0.6 - 0.3 = 0.3 on "dog".
+    assert [c["image_id"] for c in report["changed"]] == ["i3", "i2"]
+    assert report["changed"][0]["delta"] == pytest.approx(0.95)
+    assert report["changed"][1]["delta"] == pytest.approx(0.3)
+    assert model_versions(db) == ["m:1", "m:2"]
+    assert compare_models(db, "m:1", "m:9")["images"] == 0
