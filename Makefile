@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/model.toml
 
 .DEFAULT_GOAL := help
-.PHONY: help install model demo test test-fast lint format bench clean
+.PHONY: help install model browser demo test test-fast lint format bench clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, on
 demo: $(STAMP) $(MODEL_SPEC) ## Run the whole stack (embedded broker + MongoDB unless BROKER_URL/MONGO_URL are set)
 	$(BIN)/python -m imgflow.launcher demo
 
-test: $(STAMP) ## Run the whole test suite (starts embedded services unless BROKER_URL/MONGO_URL are set)
+browser: ## Install Debian's Chromium for the dashboard's browser test (apt-get, needs root)
+	bash scripts/install-browser.sh
+
+test: $(STAMP) browser ## Run the whole test suite (starts embedded services unless BROKER_URL/MONGO_URL are set)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB)

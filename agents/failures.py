@@ -29,6 +29,10 @@ def describe(exc: BaseException) -> tuple[str, str]:
         return exc.kind, exc.message
     if isinstance(exc, MalformedMessage):
         return "malformed_message", str(exc)
+    from models.spec import ModelError
+
+    if isinstance(exc, ModelError):
+        return "model_unavailable", str(exc)
     kind = getattr(exc, "kind", None)
     if isinstance(kind, str):
         return kind, str(exc)

@@ -8,7 +8,15 @@ from imgflow.settings import get_settings
 
 settings = get_settings()
 
-app = faust.App(
+
+class App(faust.App):
+    async def on_first_start(self) -> None:
+        # Faust creates its data dir without parents; IMGFLOW_HOME may not exist yet.
+        settings.home.mkdir(parents=True, exist_ok=True)
+        await super().on_first_start()
+
+
+app = App(
     settings.app_id,
     broker=settings.broker_url,
     store="memory://",

@@ -131,6 +131,7 @@ def scrape(worker) -> dict[str, float]:
 
 
 def test_submit_command_publishes_files_and_folders(pipeline: Pipeline, tmp_path: Path):
+    pipeline.extra_env["IMGFLOW_HOME"] = str(tmp_path / "home-that-does-not-exist-yet" / "var")
     worker = pipeline.start_worker()
     dataset = write_dataset(tmp_path / "dataset", variants=1)
     worker.wait_ready()

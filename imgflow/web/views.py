@@ -158,6 +158,14 @@ class ClusterCounts(View):
         )
 
 
+_joined = {"done": False}
+
+
+@app.on_rebalance_complete.connect
+async def _on_rebalance_complete(sender, **kwargs) -> None:
+    _joined["done"] = True
+
+
 def lag() -> int | None:
     """Messages waiting on this worker's assigned partitions of the paths topic, if known."""
     consumer = app.consumer
@@ -187,7 +195,8 @@ class Health(View):
             assigned = []
         loaded = [{"name": s.name, "version": s.version, "spec": str(s.spec_path)} for s in models.loaded]
         rebalancing = bool(app.rebalancing)
-        ready = bool(loaded) and not rebalancing and bool(assigned)
+        # A worker with no partitions (more workers than partitions) is still ready.
+        ready = bool(loaded) and not rebalancing and _joined["done"]
         try:
             current_lag = lag()
         except Exception:

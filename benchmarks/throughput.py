@@ -1,0 +1,161 @@
+"""End-to-end throughput on the embedded stack: ``make bench``.
+
+Starts the embedded broker and MongoDB-protocol server, then for each
+configuration runs real workers, publishes N image paths at once and measures
+from the first publish to the last stored result (read from ``imgflow-stored``).
+Reports images/s and time to the first result; compare configurations as
+ratios within one run (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from imgflow.embedded import free_port, start_broker, start_mongo
+from models.efficientnet_lite import build_default_model
+from simulator.dataset import write_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("worker exited")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("worker not ready")
+
+
+async def run_once(bootstrap: str, prefix: str, paths: list[Path]) -> tuple[float, float]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(
+        f"{prefix}-stored", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    started = time.perf_counter()
+    for p in paths:
+        image_id = uuid.uuid4().hex
+        body = json.dumps({"image_id": image_id, "path": str(p), "source": "bench"}).encode()
+        await producer.send(f"{prefix}-paths", body, key=image_id.encode())
+    await producer.flush()
+    seen: set[str] = set()
+    first = None
+    while len(seen) < len(paths):
+        batches = await consumer.getmany(timeout_ms=1000)
+        for records in batches.values():
+            for rec in records:
+                seen.add(json.loads(rec.value)["image_id"])
+                if first is None:
+                    first = time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    await producer.stop()
+    await consumer.stop()
+    return elapsed, first or elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput")
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--configs", default="1x32,1x1,2x32", help="WORKERSxBATCH, comma separated")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="imgflow-bench-"))
+    spec = build_default_model(ROOT / "var" / "models" / "efficientnet-lite0")
+    dataset = write_dataset(home / "dataset")
+    paths = [dataset[i % len(dataset)] for i in range(args.images)]
+    broker = start_broker(home / "logs")
+    mongo = start_mongo(home / "mongo", home / "logs")
+    results = []
+    try:
+        for config in args.configs.split(","):
+            n_workers, batch = (int(x) for x in config.split("x"))
+            prefix = f"bench{uuid.uuid4().hex[:6]}"
+            env = {
+                **os.environ,
+                "BROKER_URL": broker.url,
+                "MONGO_URL": mongo.url,
+                "MONGO_DB": prefix,
+                "IMGFLOW_APP_ID": prefix,
+                "IMGFLOW_TOPIC_PREFIX": prefix,
+                "IMGFLOW_HOME": str(home),
+                "IMGFLOW_MODEL": str(spec),
+                "IMGFLOW_BATCH_SIZE": str(batch),
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+            }
+            workers = []
+            try:
+                for _ in range(n_workers):
+                    port = free_port()
+                    log = open(home / f"{prefix}-{port}.log", "wb")  # noqa: SIM115
+                    proc = subprocess.Popen(
+                        [
+                            str(BIN / "faust"),
+                            "-A",
+                            "imgflow",
+                            "worker",
+                            "-l",
+                            "warning",
+                            "--web-host",
+                            "127.0.0.1",
+                            "--web-port",
+                            str(port),
+                        ],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                    workers.append((proc, port, log))
+                for proc, port, _ in workers:
+                    wait_ready(port, proc)
+                # Warm-up: the first images pay for graph tracing and connection set-up.
+                asyncio.run(run_once(broker.bootstrap, prefix, paths[:8]))
+                elapsed, first = asyncio.run(run_once(broker.bootstrap, prefix, paths))
+                results.append((config, len(paths) / elapsed, first, elapsed))
+                print(
+                    f"{config:>6}: {len(paths) / elapsed:6.1f} images/s end to end "
+                    f"({len(paths)} in {elapsed:.1f}s, first result after {first:.2f}s)",
+                    flush=True,
+                )
+            finally:
+                for proc, _, log in workers:
+                    proc.terminate()
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                    log.close()
+    finally:
+        broker.stop()
+        mongo.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    base = results[0][1]
+    print("\nratios to the first configuration:")
+    for config, rate, _, _ in results:
+        print(f"  {config:>6}: {rate / base:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
