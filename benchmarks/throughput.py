@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("worker exited")
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"worker exited:\n{tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/", timeout=2) as r:
                 if r.status == 200:
@@ -46,29 +47,42 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 async def run_once(bootstrap: str, prefix: str, paths: list[Path]) -> tuple[float, float]:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    """Publish ``paths`` and wait for all of them on the stored topic: (elapsed, first result)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        f"{prefix}-stored", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
+    topic = f"{prefix}-stored"
+    partitions = consumer.partitions_for_topic(topic) or set()
+    if not partitions:
+        await consumer.force_metadata_update()  # type: ignore[attr-defined]
+        partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
+    ids = set()
     started = time.perf_counter()
     for p in paths:
         image_id = uuid.uuid4().hex
+        ids.add(image_id)
         body = json.dumps({"image_id": image_id, "path": str(p), "source": "bench"}).encode()
         await producer.send(f"{prefix}-paths", body, key=image_id.encode())
     await producer.flush()
     seen: set[str] = set()
     first = None
-    while len(seen) < len(paths):
+    while len(seen) < len(ids):
         batches = await consumer.getmany(timeout_ms=1000)
         for records in batches.values():
             for rec in records:
-                seen.add(json.loads(rec.value)["image_id"])
-                if first is None:
-                    first = time.perf_counter() - started
+                image_id = json.loads(rec.value)["image_id"]
+                if image_id in ids:
+                    seen.add(image_id)
+                    if first is None:
+                        first = time.perf_counter() - started
     elapsed = time.perf_counter() - started
     await producer.stop()
     await consumer.stop()
@@ -107,7 +121,8 @@ def main() -> int:
             try:
                 for _ in range(n_workers):
                     port = free_port()
-                    log = open(home / f"{prefix}-{port}.log", "wb")  # noqa: SIM115
+                    log_path = home / f"{prefix}-{port}.log"
+                    log = open(log_path, "wb")  # noqa: SIM115
                     proc = subprocess.Popen(
                         [
                             str(BIN / "faust"),
@@ -115,7 +130,7 @@ def main() -> int:
                             "imgflow",
                             "worker",
                             "-l",
-                            "warning",
+                            "warn",
                             "--web-host",
                             "127.0.0.1",
                             "--web-port",
@@ -126,11 +141,12 @@ def main() -> int:
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                     )
-                    workers.append((proc, port, log))
-                for proc, port, _ in workers:
-                    wait_ready(port, proc)
+                    workers.append((proc, port, log, log_path))
+                for proc, port, _, log_path in workers:
+                    wait_ready(port, proc, log_path)
                 # Warm-up: the first images pay for graph tracing and connection set-up.
-                asyncio.run(run_once(broker.bootstrap, prefix, paths[:8]))
+                _cold, cold_first = asyncio.run(run_once(broker.bootstrap, prefix, paths[:8]))
+                print(f"{config:>6}: first result {cold_first:.2f}s after publishing to a fresh worker")
                 elapsed, first = asyncio.run(run_once(broker.bootstrap, prefix, paths))
                 results.append((config, len(paths) / elapsed, first, elapsed))
                 print(
@@ -139,7 +155,7 @@ def main() -> int:
                     flush=True,
                 )
             finally:
-                for proc, _, log in workers:
+                for proc, _, log, _ in workers:
                     proc.terminate()
                     try:
                         proc.wait(30)
