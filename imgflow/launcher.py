@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +47,23 @@ class Stack:
     home: Path
     env: dict[str, str] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)
 
     def spawn(self, name: str, argv: list[str], port: int = 0) -> Service:
         svc = Service(name, port, self.home / "logs" / f"{name}.log")
         svc._spawn(argv, env=self.env)
         self.services.append(svc)
         return svc
+
+    def report_exits(self) -> None:
+        """Say once when a child ended on its own (a crash, or a finished simulator)."""
+        for svc in self.services:
+            code = svc.proc.poll() if svc.proc else None
+            if code is not None and svc.name not in self.reported:
+                self.reported.add(svc.name)
+                print(
+                    f"!! {svc.name} (pid {svc.pid}) exited with code {code}; see {svc.log_path}", flush=True
+                )
 
     def stop(self) -> None:
         for svc in reversed(self.services):
@@ -88,7 +100,9 @@ def ensure_model(settings: Settings) -> Path:
     return spec
 
 
-async def tail_stored(bootstrap: str, topic: str, stop: asyncio.Event, started: float) -> None:
+async def tail_stored(
+    bootstrap: str, topic: str, stop: asyncio.Event, started: float, check: Callable[[], None]
+) -> None:
     """Print each stored result as it lands (a consumer, not a poll)."""
     from aiokafka import AIOKafkaConsumer
 
@@ -97,6 +111,7 @@ async def tail_stored(bootstrap: str, topic: str, stop: asyncio.Event, started: 
     first = True
     try:
         while not stop.is_set():
+            check()
             batches = await consumer.getmany(timeout_ms=1000)
             for records in batches.values():
                 for rec in records:
@@ -210,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_port(svc.port, svc.proc, 120, svc.name)
         bootstrap = stack.env["BROKER_URL"].split("://", 1)[1].split(",")[0]
         if args.quiet:
-            while all(s.proc and s.proc.poll() is None for s in stack.services):
+            while True:
+                stack.report_exits()
                 time.sleep(1)
         else:
-            asyncio.run(tail_stored(bootstrap, settings.topic("stored"), stopping, started))
+            asyncio.run(
+                tail_stored(bootstrap, settings.topic("stored"), stopping, started, stack.report_exits)
+            )
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     finally:
