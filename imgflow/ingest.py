@@ -1,21 +1,51 @@
-"""Putting images into the chain: one function every source uses."""
+"""Putting images into the chain, and hearing back what became of them.
+
+Every source (``submit``, ``watch``, ``simulate``, ``POST /images/``) builds its
+messages with :func:`path_message`, where the ``image_id`` is assigned once,
+and publishes them with :func:`submit`, which returns only after the broker has
+acknowledged every message.
+
+:class:`ResultWatch` follows ``imgflow-stored`` and ``imgflow-failed`` with a
+plain aiokafka consumer (``group_id=None``: no group, no commits, no effect on
+the workers) from a position taken *before* the images are published, so no
+result can slip past it. On the embedded broker ``end_offsets`` may answer an
+offset slightly before the true end (DESIGN section 8); starting early only
+means reading a few older records, which are filtered out by ``image_id``.
+Only the ids it was asked about are kept.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from imgflow.records import ImagePath, dumps, new_image_id
-from imgflow.topics import paths_topic, publish
+from imgflow.records import Failure, ImagePath, MalformedMessage, Stored, dumps, new_image_id, parse
+from imgflow.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def path_message(
-    path: Path, source: str, *, model: str | None = None, attrs: dict | None = None
+    path: Path,
+    source: str,
+    *,
+    model: str | None = None,
+    attrs: dict | None = None,
+    image_id: str | None = None,
 ) -> ImagePath:
-    """A new image entering the chain: its id is assigned here, once."""
+    """A new image entering the chain: its id is assigned here, once.
+
+    Sources that must survive a restart (the folder watcher) assign the id
+    earlier, persist it, and pass it in, so a resend carries the same id.
+    """
     return ImagePath(
-        image_id=new_image_id(),
+        image_id=image_id or new_image_id(),
         path=str(path.resolve()),
         source=source,
         submitted_at=time.time(),
@@ -26,6 +56,230 @@ def path_message(
 
 async def submit(messages: Iterable[ImagePath]) -> list[str]:
     """Publish path messages and wait for the broker to have them; returns ids."""
+    from imgflow.topics import paths_topic, publish
+
     batch = list(messages)
     await publish(paths_topic, [(m.image_id, dumps(m)) for m in batch])
     return [m.image_id for m in batch]
+
+
+# Results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one image: ``stored`` (with its label) or ``failed`` (with a kind)."""
+
+    image_id: str
+    status: str  # stored | failed
+    label: str | None = None
+    score: float | None = None
+    kind: str | None = None
+    message: str | None = None
+    stage: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def outcome_of(topic_kind: str, raw: bytes | None) -> Outcome | None:
+    """Parse a record of ``imgflow-stored`` / ``imgflow-failed``; ``None`` if malformed."""
+    try:
+        if topic_kind == "stored":
+            s = parse(Stored, raw)
+            return Outcome(s.image_id, "stored", label=s.label, score=s.score)
+        f = parse(Failure, raw)
+        return Outcome(f.image_id, "failed", kind=f.kind, message=f.message, stage=f.stage)
+    except MalformedMessage:
+        return None
+
+
+@dataclass
+class Summary:
+    """The tally ``submit --wait`` prints: stored / failed / pending, labels, failure kinds."""
+
+    submitted: int
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    seconds: float = 0.0
+    timed_out: bool = False
+
+    @property
+    def stored(self) -> int:
+        return sum(1 for o in self.outcomes.values() if o.status == "stored")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for o in self.outcomes.values() if o.status == "failed")
+
+    @property
+    def pending(self) -> int:
+        return self.submitted - len(self.outcomes)
+
+    @property
+    def labels(self) -> Counter[str]:
+        return Counter(o.label for o in self.outcomes.values() if o.status == "stored" and o.label)
+
+    @property
+    def failure_kinds(self) -> Counter[str]:
+        return Counter(o.kind or "unknown" for o in self.outcomes.values() if o.status == "failed")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "submitted": self.submitted,
+            "stored": self.stored,
+            "failed": self.failed,
+            "pending": self.pending,
+            "timed_out": self.timed_out,
+            "seconds": round(self.seconds, 3),
+            "labels": dict(self.labels.most_common()),
+            "failure_kinds": dict(self.failure_kinds.most_common()),
+        }
+
+    def lines(self) -> list[str]:
+        head = f"stored {self.stored}, failed {self.failed}, pending {self.pending} of {self.submitted}"
+        out = [f"{head} in {self.seconds:.1f}s" + ("  (timed out)" if self.timed_out else "")]
+        if self.labels:
+            out.append("labels: " + ", ".join(f"{label} {n}" for label, n in self.labels.most_common()))
+        if self.failure_kinds:
+            kinds = self.failure_kinds.most_common()
+            out.append("failures: " + ", ".join(f"{kind} {n}" for kind, n in kinds))
+        return out
+
+
+class ResultWatch:
+    """Results of chosen images, read from ``imgflow-stored`` / ``imgflow-failed``.
+
+    Call :meth:`start` *before* publishing (it fixes the start position), then
+    :meth:`expect` the ids, then iterate :meth:`outcomes`. A topic that does not
+    exist yet (no worker has run) is picked up from its beginning once it
+    appears. The first result per id wins, except that a ``stored`` result
+    replaces an earlier failure (a dead letter that a retry fixed).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, refresh_seconds: float = 2.0) -> None:
+        self.settings = settings or get_settings()
+        self.topics = {self.settings.topic("stored"): "stored", self.settings.topic("failed"): "failed"}
+        self.refresh_seconds = refresh_seconds
+        self.expected: set[str] = set()
+        self.done: dict[str, Outcome] = {}
+        self._consumer: Any = None
+        self._assigned: set[Any] = set()
+        self._last_refresh = 0.0
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await self._consumer.start()
+        await self._assign_new(at_end=True)
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def __aenter__(self) -> ResultWatch:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def expect(self, ids: Iterable[str]) -> None:
+        self.expected.update(ids)
+
+    def forget(self, ids: Iterable[str]) -> None:
+        for image_id in ids:
+            self.expected.discard(image_id)
+            self.done.pop(image_id, None)
+
+    @property
+    def missing_topics(self) -> list[str]:
+        assigned = {tp.topic for tp in self._assigned}
+        return [t for t in self.topics if t not in assigned]
+
+    async def _assign_new(self, at_end: bool) -> None:
+        """Assign partitions of our topics that exist now; new ones start at their end
+        on the first call (taken before publishing) and at their beginning later."""
+        from aiokafka import TopicPartition
+
+        consumer = self._consumer
+        self._last_refresh = time.monotonic()
+        existing = await consumer.topics()  # refreshes the metadata
+        new = set()
+        for topic in self.topics:
+            if topic in existing:
+                for partition in consumer.partitions_for_topic(topic) or ():
+                    tp = TopicPartition(topic, partition)
+                    if tp not in self._assigned:
+                        new.add(tp)
+        if not new:
+            return
+        # assign() replaces the assignment and forgets positions: keep ours.
+        positions = {tp: await consumer.position(tp) for tp in self._assigned}
+        self._assigned |= new
+        consumer.assign(sorted(self._assigned))
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        if at_end:
+            for tp, offset in (await consumer.end_offsets(sorted(new))).items():
+                consumer.seek(tp, offset)
+        else:
+            await consumer.seek_to_beginning(*sorted(new))
+
+    async def poll(self, timeout: float = 1.0) -> list[Outcome]:
+        """New outcomes for expected ids; waits up to ``timeout`` for records."""
+        if self.missing_topics and time.monotonic() - self._last_refresh >= self.refresh_seconds:
+            await self._assign_new(at_end=False)
+        if not self._assigned:
+            await asyncio.sleep(timeout)  # nothing to read from until a worker creates the topics
+            return []
+        batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=1000)
+        found: list[Outcome] = []
+        for tp, records in batches.items():
+            kind = self.topics[tp.topic]
+            for record in records:
+                outcome = outcome_of(kind, record.value)
+                if outcome is None or outcome.image_id not in self.expected:
+                    continue
+                previous = self.done.get(outcome.image_id)
+                if previous is None or (previous.status == "failed" and outcome.status == "stored"):
+                    self.done[outcome.image_id] = outcome
+                    found.append(outcome)
+        return found
+
+    @property
+    def remaining(self) -> set[str]:
+        return self.expected - self.done.keys()
+
+
+async def wait_for(
+    watch: ResultWatch,
+    ids: list[str],
+    timeout: float | None,
+    on_outcome: Any = None,
+) -> Summary:
+    """Block until every id has a result or ``timeout`` seconds pass."""
+    started = time.monotonic()
+    watch.expect(ids)
+    wanted = set(ids)
+    deadline = None if timeout is None else started + timeout
+    while wanted - watch.done.keys():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        for outcome in await watch.poll(1.0 if left is None else max(0.01, min(1.0, left))):
+            if on_outcome is not None:
+                on_outcome(outcome)
+    outcomes = {i: watch.done[i] for i in ids if i in watch.done}
+    return Summary(
+        submitted=len(ids),
+        outcomes=outcomes,
+        seconds=time.monotonic() - started,
+        timed_out=len(outcomes) < len(wanted),
+    )

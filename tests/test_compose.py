@@ -27,7 +27,7 @@ PYPROJECT = ROOT / "pyproject.toml"
 
 KAFKA = "kafka"
 MONGO = "mongo"
-IMGFLOW_SERVICES = ("worker", "simulator", "dashboard")
+IMGFLOW_SERVICES = ("worker", "simulator", "watcher", "dashboard")
 SERVICES = (KAFKA, MONGO, *IMGFLOW_SERVICES)
 # Read by the dashboard itself, not a Settings field.
 EXTRA_ENV = frozenset({"IMGFLOW_WORKER_URLS"})
@@ -188,6 +188,24 @@ def test_imgflow_services_run_the_project_image(services: dict[str, dict[str, An
         assert (ROOT / context / dockerfile).resolve() == DOCKERFILE.resolve(), name
         images.add(service.get("image"))
     assert len(images) == 1, f"worker, simulator and dashboard use different images: {images}"
+
+
+def test_one_watcher_with_a_persistent_journal(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = services["watcher"]
+    # Several watchers of one folder would each send every file.
+    assert (watcher.get("deploy") or {}).get("replicas", 1) == 1
+    command = watcher.get("command") or []
+    assert command[:3] == ["faust", "-A", "imgflow"] and "watch" in command
+    settings = settings_for(environment(watcher), monkeypatch)
+    assert settings.watch_paths, "watcher: IMGFLOW_WATCH_DIRS is not set"
+    # The journal (IMGFLOW_HOME/watcher) must survive a container restart: on a named volume.
+    named = set(compose.get("volumes") or {})
+    home = PurePosixPath(settings.home.as_posix())
+    assert any(source in named and home.is_relative_to(target) for source, target in mounts(watcher)), (
+        f"watcher: IMGFLOW_HOME={home} is not on a named volume"
+    )
 
 
 @pytest.mark.parametrize("name", IMGFLOW_SERVICES)
