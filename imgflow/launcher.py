@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 port,
             )
+        inbox = home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
         stack.spawn(
             "simulator",
             [
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  dataset     {len(dataset)} images in {settings.dataset_path}\n"
             + "".join(f"  worker {i + 1}    http://127.0.0.1:{p}/health/\n" for i, p in enumerate(web_ports))
             + (f"  dashboard   http://127.0.0.1:{dash_port}/app\n" if dash_port else "")
+            + f"  inbox       drop images into {inbox} (watched folder)\n"
             + f"  logs        {home / 'logs'}\n"
             f"  results     MONGO_URL={stack.env['MONGO_URL']} {BIN / 'faust'} -A imgflow latest\n",
             flush=True,

@@ -77,9 +77,10 @@ def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_m
         reader.join(10)
     pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", "".join(lines))]
     names = re.findall(r"started (\S+) \(pid \d+\)", "".join(lines))
-    assert {"tansu", "secantusdb", "worker1", "simulator"} <= set(names), names
+    assert {"tansu", "secantusdb", "worker1", "watcher", "simulator"} <= set(names), names
     assert proc.returncode == 0, "".join(lines[-40:])
     assert not [p for p in pids if alive(p)], "children left running after Ctrl-C"
     out = "".join(lines)
     assert "imgflow demo is running" in out and "stopping..." in out
+    assert "!!" not in out, out  # no child (worker, watcher, simulator...) died on its own
     assert (tmp_path / "var" / "dataset").is_dir()
