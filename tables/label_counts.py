@@ -34,47 +34,30 @@ SEP = "\t"
 MALFORMED = b"\x00malformed"
 
 
-def _windowed(table):
+def windowed_counter(name: str, help: str):
+    """A windowed int table on the label partitions, windows by the event's timestamp."""
+    table = app.Table(
+        name,
+        default=int,
+        partitions=settings.partitions,
+        key_type=str,
+        value_type=int,
+        help=help,
+    )
     if settings.window_step:
-        return table.hopping(settings.window_seconds, settings.window_step, expires=settings.window_expires)
-    return table.tumbling(settings.window_seconds, expires=settings.window_expires)
+        table = table.hopping(settings.window_seconds, settings.window_step, expires=settings.window_expires)
+    else:
+        table = table.tumbling(settings.window_seconds, expires=settings.window_expires)
+    return table.relative_to_stream()
 
 
-label_counts = _windowed(
-    app.Table(
-        "label_counts",
-        default=int,
-        partitions=settings.partitions,
-        key_type=str,
-        value_type=int,
-        help="Images stored per label per window.",
-    )
-).relative_to_stream()
-
-label_model_counts = _windowed(
-    app.Table(
-        "label_model_counts",
-        default=int,
-        partitions=settings.partitions,
-        key_type=str,
-        value_type=int,
-        help="Images stored per label and model version per window.",
-    )
-).relative_to_stream()
-
-
+label_counts = windowed_counter("label_counts", "Images stored per label per window.")
+label_model_counts = windowed_counter(
+    "label_model_counts", "Images stored per label and model version per window."
+)
 #: Which stored results each window has already counted: a redelivered or
 #: re-stored result (at-least-once, DESIGN section 8) is not counted twice.
-counted = _windowed(
-    app.Table(
-        "label_counted",
-        default=int,
-        partitions=settings.partitions,
-        key_type=str,
-        value_type=int,
-        help="Stored results already counted, per window.",
-    )
-).relative_to_stream()
+counted = windowed_counter("label_counted", "Stored results already counted, per window.")
 
 
 def label_key(value: bytes) -> bytes:
