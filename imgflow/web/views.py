@@ -213,6 +213,34 @@ class Health(View):
         return self.json(body, status=200 if ready else 503)
 
 
+@app.page("/debug/consumer")
+class ConsumerState(View):
+    """Flow-control state of this worker's consumer, for diagnosing a stalled partition."""
+
+    async def get(self, request: Request) -> Response:
+        c = app.consumer
+
+        def tps(items: Any) -> list[str]:
+            return sorted(f"{tp.topic}[{tp.partition}]" for tp in items)
+
+        return self.json(
+            {
+                "flow_active": bool(getattr(c, "flow_active", True)),
+                "paused": tps(getattr(c, "_paused_partitions", ())),
+                "buffered": tps(getattr(c, "_buffered_partitions", ())),
+                "active": tps(c._get_active_partitions()) if hasattr(c, "_get_active_partitions") else [],
+                "read_offsets": {f"{tp.topic}[{tp.partition}]": o for tp, o in c._read_offset.items()},
+                "committed": {f"{tp.topic}[{tp.partition}]": o for tp, o in c._committed_offset.items()},
+                "unacked": len(getattr(c, "_unacked_messages", ())),
+                "acked_pending": {
+                    f"{tp.topic}[{tp.partition}]": sorted(v)[:5] for tp, v in c._acked.items() if v
+                },
+                "streams_flow_active": bool(app.flow_control.is_active()),
+                "producer_buffer": app.producer.buffer.size,
+            }
+        )
+
+
 @app.page("/metrics")
 class Metrics(View):
     async def get(self, request: Request) -> Response:
