@@ -237,8 +237,27 @@ class ConsumerState(View):
                 },
                 "streams_flow_active": bool(app.flow_control.is_active()),
                 "producer_buffer": app.producer.buffer.size,
+                "client": _client_state(c),
             }
         )
+
+
+def _client_state(consumer: Any) -> dict[str, Any]:
+    """aiokafka's own view: fetch position, pause and reset state per partition."""
+    try:
+        client = consumer._thread._ensure_consumer()
+        assignment = client._subscription.subscription.assignment
+    except Exception as exc:  # no assignment yet, or another driver
+        return {"error": repr(exc)}
+    state = {}
+    for tp in assignment.tps:
+        tps = assignment.state_value(tp)
+        state[f"{tp.topic}[{tp.partition}]"] = {
+            "position": tps._position,
+            "paused": tps.paused,
+            "awaiting_reset": tps.awaiting_reset,
+        }
+    return state
 
 
 @app.page("/metrics")
