@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import faust
 
+from agents.acks import install as install_safe_commits
 from imgflow.settings import get_settings
 
 settings = get_settings()
+# Never commit past an unacknowledged message (see agents/acks.py).
+install_safe_commits()
 
 
 class App(faust.App):

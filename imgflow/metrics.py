@@ -30,9 +30,6 @@ class Metrics:
         self.recounted = Counter(
             "imgflow_labels_recounted", "Redelivered stored results not counted again.", registry=r
         )
-        self.stalls = Counter(
-            "imgflow_partition_stalls", "Stalled partitions the watchdog fetched again.", registry=r
-        )
         self.batch_size = Histogram(
             "imgflow_batch_size",
             "Messages per processed batch.",
