@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from imgflow.embedded import free_port, start_broker, start_mongo
+from imgflow.embedded import Service, free_port, start_broker, start_mongo, worker_argv
 from models.efficientnet_lite import build_default_model
 from simulator.dataset import write_dataset
 
@@ -117,33 +117,16 @@ def main() -> int:
                 "IMGFLOW_BATCH_SIZE": str(batch),
                 "TF_CPP_MIN_LOG_LEVEL": "2",
             }
-            workers = []
+            workers: list[Service] = []
             try:
                 for _ in range(n_workers):
                     port = free_port()
-                    log_path = home / f"{prefix}-{port}.log"
-                    log = open(log_path, "wb")  # noqa: SIM115
-                    proc = subprocess.Popen(
-                        [
-                            str(BIN / "faust"),
-                            "-A",
-                            "imgflow",
-                            "worker",
-                            "-l",
-                            "warn",
-                            "--web-host",
-                            "127.0.0.1",
-                            "--web-port",
-                            str(port),
-                        ],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                    workers.append((proc, port, log, log_path))
-                for proc, port, _, log_path in workers:
-                    wait_ready(port, proc, log_path)
+                    worker = Service(f"worker-{port}", port, home / f"{prefix}-{port}.log")
+                    worker.start(worker_argv(port, loglevel="warn"), env=env)
+                    workers.append(worker)
+                for worker in workers:
+                    assert worker.proc is not None
+                    wait_ready(worker.port, worker.proc, worker.log_path)
                 # Warm-up: the first images pay for graph tracing and connection set-up.
                 _cold, cold_first = asyncio.run(run_once(broker.bootstrap, prefix, paths[:8]))
                 print(f"{config:>6}: first result {cold_first:.2f}s after publishing to a fresh worker")
@@ -155,13 +138,8 @@ def main() -> int:
                     flush=True,
                 )
             finally:
-                for proc, _, log, _ in workers:
-                    proc.terminate()
-                    try:
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                    log.close()
+                for worker in workers:
+                    worker.stop(timeout=30)
     finally:
         broker.stop()
         mongo.stop()

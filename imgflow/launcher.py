@@ -23,7 +23,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgflow.embedded import Service, free_port, start_broker, start_mongo, wait_for_port
+from imgflow.embedded import Service, free_port, start_broker, start_mongo, wait_for_port, worker_argv
 from imgflow.settings import Settings
 
 log = logging.getLogger("imgflow.launcher")
@@ -51,7 +51,7 @@ class Stack:
 
     def spawn(self, name: str, argv: list[str], port: int = 0) -> Service:
         svc = Service(name, port, self.home / "logs" / f"{name}.log")
-        svc._spawn(argv, env=self.env)
+        svc.start(argv, env=self.env)
         self.services.append(svc)
         return svc
 
@@ -160,22 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.workers):
             port = port_or_free(settings.web_port + i)
             web_ports.append(port)
-            stack.spawn(
-                f"worker{i + 1}",
-                [
-                    faust_bin,
-                    "-A",
-                    "imgflow",
-                    "worker",
-                    "-l",
-                    "info",
-                    "--web-host",
-                    "127.0.0.1",
-                    "--web-port",
-                    str(port),
-                ],
-                port,
-            )
+            stack.spawn(f"worker{i + 1}", worker_argv(port), port)
         inbox = home / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
         stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])

@@ -114,6 +114,11 @@ R = TypeVar("R", bound=faust.Record)
 
 def parse(record_type: type[R], raw: bytes | str | None) -> R:
     """Parse JSON bytes into ``record_type`` or raise :class:`MalformedMessage`."""
+    return _from_object(record_type, json_object(raw))
+
+
+def json_object(raw: bytes | str | None) -> dict[str, Any]:
+    """A message value as a JSON object (Faust metadata dropped), or MalformedMessage."""
     if raw is None:
         raise MalformedMessage("empty message (no value)")
     try:
@@ -123,6 +128,10 @@ def parse(record_type: type[R], raw: bytes | str | None) -> R:
     if not isinstance(data, dict):
         raise MalformedMessage(f"expected a JSON object, got {type(data).__name__}")
     data.pop("__faust", None)
+    return data
+
+
+def _from_object(record_type: type[R], data: dict[str, Any]) -> R:
     _require_fields(record_type, data)
     try:
         return record_type.from_data(data)
@@ -153,15 +162,7 @@ def parse_image_path(raw: bytes | None, key: bytes | None, fallback_id: str) -> 
     ``fallback_id`` (derived from topic/partition/offset, so a redelivered
     message keeps its id).
     """
-    if raw is None:
-        raise MalformedMessage("empty message (no value)")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedMessage(f"expected a JSON object, got {type(data).__name__}")
-    data.pop("__faust", None)
+    data = json_object(raw)
     if not data.get("image_id"):
         key_text = key.decode("utf-8", "replace").strip() if key else ""
         data["image_id"] = key_text or fallback_id
@@ -170,7 +171,7 @@ def parse_image_path(raw: bytes | None, key: bytes | None, fallback_id: str) -> 
     attrs = data.get("attrs", {})
     if not isinstance(attrs, dict):
         raise MalformedMessage("field 'attrs' must be a JSON object")
-    return parse(ImagePath, json.dumps(data))
+    return _from_object(ImagePath, data)
 
 
 def message_id(topic: str, partition: int, offset: int) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgflow.embedded import free_port
+from imgflow.embedded import Service, free_port, worker_argv
 
 BIN = Path(sys.executable).parent
 
@@ -112,7 +111,11 @@ class Worker:
     number: int
     extra_env: dict[str, str]
     port: int = 0
-    proc: subprocess.Popen | None = None
+    service: Service | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.service.proc if self.service else None
 
     @property
     def url(self) -> str:
@@ -124,27 +127,8 @@ class Worker:
 
     def start(self) -> None:
         self.port = free_port()
-        self.pipeline.home.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "faust"),
-                    "-A",
-                    "imgflow",
-                    "worker",
-                    "-l",
-                    "info",
-                    "--web-host",
-                    "127.0.0.1",
-                    "--web-port",
-                    str(self.port),
-                ],
-                env=self.pipeline.env(**self.extra_env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.service = Service(f"worker{self.number}", self.port, self.log_path)
+        self.service.start(worker_argv(self.port), env=self.pipeline.env(**self.extra_env))
 
     def get(self, path: str, timeout: float = 10) -> tuple[int, Any]:
         try:
@@ -182,18 +166,12 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, no final commit."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.service:
+            self.service.kill()
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.service:
+            self.service.stop(timeout)
 
 
 async def produce_raw(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
