@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import faust
 
-from agents.acks import install as install_safe_commits
+from imgflow import consumer as safe_consumer
 from imgflow.settings import get_settings
 
 settings = get_settings()
-# Never commit past an unacknowledged message (see agents/acks.py).
-install_safe_commits()
+# Never commit past an unacknowledged message; never drop a delivered one on recovery
+# (imgflow/consumer.py).
+safe_consumer.install()
 
 
 class App(faust.App):

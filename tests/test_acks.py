@@ -59,7 +59,7 @@ def test_without_hold_a_failed_batch_would_be_acknowledged():
 
 
 def test_commit_point_moves_only_over_a_run_starting_at_the_committed_offset():
-    from agents.acks import commit_point
+    from imgflow.consumer import commit_point
 
     assert commit_point([5, 6, 7], committed=5) == 8
     assert commit_point([5, 6, 8, 9], committed=5) == 7  # stops at the first hole
@@ -67,13 +67,15 @@ def test_commit_point_moves_only_over_a_run_starting_at_the_committed_offset():
     assert commit_point([6, 7, 8], committed=5) is None  # Faust 0.15.3 committed 9 here
     assert commit_point([9, 10], committed=5) is None
     assert commit_point([], committed=5) is None
-    assert commit_point([3, 4], committed=None) == 5  # position unknown: as Faust does
+    # Position unknown: Faust committed 5 here without any head check; nothing moves now.
+    assert commit_point([3, 4], committed=None) is None
+    assert commit_point([0, 1], committed=0) == 2  # a never-committed partition starts at 0
 
 
 def test_faust_consumer_uses_the_safe_commit_point():
     from faust.transport.consumer import Consumer
 
     import imgflow  # noqa: F401 - installs it
-    from agents.acks import _new_offset
+    from imgflow.consumer import _new_offset
 
     assert Consumer._new_offset is _new_offset
