@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/model.toml
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser demo test test-fast lint format bench clean
+.PHONY: help install model browser demo test test-fast lint format bench soak clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ format: $(STAMP) ## Apply ruff formatting and safe fixes
 
 bench: $(STAMP) $(MODEL_SPEC) ## End-to-end throughput benchmark on the embedded stack
 	$(BIN)/python -m benchmarks.throughput
+
+soak: $(STAMP) $(MODEL_SPEC) ## Kill/stop workers and MongoDB under load; check exactly-once and no stall (SOAK_ARGS="--runs 5")
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean: ## Remove the virtual environment and local state (var/)
 	rm -rf $(VENV) var

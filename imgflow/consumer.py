@@ -253,6 +253,38 @@ async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     self.log.info("Worker ready")
 
 
+# -- liveness: re-seek a stalled partition ---------------------------------------------
+
+
+async def reseek(app: Any, tps: Iterable[TP]) -> None:
+    """Seek ``tps`` back to their committed offsets (never past), with delivery held still.
+
+    Used by the liveness check (imgflow/liveness.py) for a partition that has
+    nothing in flight, so no queue holds anything of it and nothing needs
+    clearing; other partitions keep what they were delivered.
+    """
+    from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
+
+    consumer = app.consumer
+    consumer.stop_flow()
+    try:
+        fetcher = app._fetcher
+        if fetcher.started and not fetcher.should_stop:
+            try:
+                await asyncio.wait_for(_parked(consumer).wait(), PARK_TIMEOUT)
+            except TimeoutError:
+                log.warning("fetch loop did not park within %.0fs; re-seeking anyway", PARK_TIMEOUT)
+        targets = {tp: consumer._committed_offset.get(tp) for tp in tps}
+        targets = {tp: offset for tp, offset in targets.items() if offset is not None}
+        if targets:
+            await consumer.seek_wait({ensure_aiokafka_TP(tp): offset for tp, offset in targets.items()})
+            for tp, offset in targets.items():
+                consumer._read_offset[tp] = offset or None
+    finally:
+        if not app.rebalancing:  # a rebalance resumes the flow itself when it completes
+            consumer.resume_flow()
+
+
 # -- installation -----------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -49,6 +49,15 @@ class Metrics:
             "From submission to stored in MongoDB.",
             buckets=LATENCY_BUCKETS,
             registry=r,
+        )
+
+        self.stalled_partitions = Gauge(
+            "imgflow_stalled_partitions",
+            "Partitions behind the broker with nothing in flight and no progress (liveness check).",
+            registry=r,
+        )
+        self.reseeks = Counter(
+            "imgflow_partition_reseeks", "Stalled partitions re-sought to their committed offset.", registry=r
         )
 
     def render(self) -> bytes:

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     producer_max_batch_size: int = Field(1, ge=1, validation_alias=_env("IMGFLOW_PRODUCER_MAX_BATCH_SIZE"))
     max_message_bytes: int = Field(8 * 2**20, ge=2**20, validation_alias=_env("IMGFLOW_MAX_MESSAGE_BYTES"))
     commit_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_COMMIT_INTERVAL"))
+    stall_seconds: float = Field(30.0, gt=0, validation_alias=_env("IMGFLOW_STALL_SECONDS"))
 
     @field_validator("broker_url")
     @classmethod

@@ -53,3 +53,56 @@ def test_restart_with_a_slow_seek_processes_every_image(pipeline: Pipeline, tmp_
     assert "FAULT: " in second.log_path.read_text(errors="replace"), "the seek delay was not injected"
     assert {d["_id"] for d in db.images.find({}, {"_id": 1})} == ids
     assert db.predictions.count_documents({}) == len(ids)
+
+
+def ids_on_partition(partition: int, n: int, partitions: int = 4) -> list[str]:
+    """Image ids that Kafka's default partitioner puts on ``partition``."""
+    from aiokafka.partitioner import murmur2
+
+    found: list[str] = []
+    i = 0
+    while len(found) < n:
+        candidate = f"img-{i:06d}"
+        if (murmur2(candidate.encode()) & 0x7FFFFFFF) % partitions == partition:
+            found.append(candidate)
+        i += 1
+    return found
+
+
+def test_liveness_check_reseeks_a_partition_whose_delivery_was_lost(pipeline: Pipeline, tmp_path: Path):
+    """Second line of defence: a record fetched but never delivered is fetched again.
+
+    The fault drops one delivery (paths partition 0, offset 1), as the old stall
+    did. Nothing acknowledges it, so the partition's commit stops there; the
+    liveness check sees it behind the broker with nothing in flight and
+    re-seeks it to its committed offset.
+    """
+    dataset = write_dataset(tmp_path / "dataset")
+    worker = pipeline.start_worker(
+        PYTHONPATH=f"{FAULTS}:{pipeline.env().get('PYTHONPATH', '')}".rstrip(":"),
+        IMGFLOW_FAULT_DROP="-paths:0:1",
+        IMGFLOW_STALL_SECONDS="3",
+    )
+    worker.wait_ready()
+    messages = [
+        path_message(dataset[i], image_id=image_id) for i, image_id in enumerate(ids_on_partition(0, 6))
+    ]
+    asyncio.run(produce_raw(pipeline.services.bootstrap, pipeline.topic("paths"), messages))
+    ids = {key.decode() for key, _ in messages}
+    db = pipeline.mongo()
+    try:
+        wait_until(lambda: db.images.count_documents({}) >= len(ids), 120, "all results")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {db.images.count_documents({})} of {len(ids)} stored") from None
+    log = worker.log_path.read_text(errors="replace")
+    assert "FAULT: dropped" in log, "the delivery was not dropped: the fault did not apply"
+    assert "stalled partitions" in log
+    assert {d["_id"] for d in db.images.find({}, {"_id": 1})} == ids
+    metrics = worker.url + "/metrics"
+    import urllib.request
+
+    with urllib.request.urlopen(metrics, timeout=10) as resp:
+        text = resp.read().decode()
+    reseeks = [line for line in text.splitlines() if line.startswith("imgflow_partition_reseeks_total ")]
+    assert reseeks and float(reseeks[0].split()[1]) >= 1, reseeks
+    wait_until(lambda: worker.health()[0] == 200, 30, "health back to ok once the partition caught up")

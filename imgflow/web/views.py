@@ -201,16 +201,21 @@ class Health(View):
             current_lag = lag()
         except Exception:
             current_lag = None
+        from imgflow.liveness import STALLED
+
+        stalled = sorted(f"{tp.topic}[{tp.partition}]" for tp in STALLED)
+        status = "degraded" if ready and stalled else "ok" if ready else "starting"
         body = {
-            "status": "ok" if ready else "starting",
+            "status": status,
             "worker": f"{socket.gethostname()}:{app.conf.web_port}",
             "url": _norm(app.conf.canonical_url),
             "models": loaded,
             "assigned": assigned,
             "rebalancing": rebalancing,
             "lag": current_lag,
+            "stalled": stalled,
         }
-        return self.json(body, status=200 if ready else 503)
+        return self.json(body, status=200 if status == "ok" else 503)
 
 
 @app.page("/debug/consumer")

@@ -8,6 +8,11 @@ after that delay. That widens the window between "stream partitions sought"
 and "agent queues cleared, flow resumed" from milliseconds to seconds, which
 turns the partition stall of DESIGN section 8 from 1 run in 4 into nearly
 every run.
+
+With ``IMGFLOW_FAULT_DROP=<topic suffix>:<partition>:<offset>`` the consumer
+drops that one delivery, once, after fetching it: the symptom of the old
+stall (a record fetched, never delivered, never acknowledged), used to test
+the liveness check that is the second line of defence.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import sys
 
 _DELAY = float(os.environ.get("IMGFLOW_FAULT_SEEK_DELAY") or 0)
+_DROP = os.environ.get("IMGFLOW_FAULT_DROP", "")
 
 
 def _delayed(method):
@@ -37,3 +43,34 @@ if _DELAY > 0:
 
     AIOKafkaConsumerThread.seek_to_committed = _delayed(AIOKafkaConsumerThread.seek_to_committed)
     AIOKafkaConsumerThread.seek_wait = _delayed(AIOKafkaConsumerThread.seek_wait)
+
+
+def _dropping(callback, suffix: str, partition: int, offset: int):
+    dropped = []
+
+    async def on_message(message):
+        if (
+            not dropped
+            and message.topic.endswith(suffix)
+            and message.partition == partition
+            and message.offset == offset
+        ):
+            dropped.append(message)
+            print(f"FAULT: dropped {message.topic}[{partition}]@{offset}", file=sys.stderr, flush=True)
+            return None
+        return await callback(message)
+
+    return on_message
+
+
+if _DROP:
+    from faust.transport.consumer import Consumer
+
+    _suffix, _partition, _offset = _DROP.rsplit(":", 2)
+    _init = Consumer.__init__
+
+    def __init__(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        self.callback = _dropping(self.callback, _suffix, int(_partition), int(_offset))
+
+    Consumer.__init__ = __init__
