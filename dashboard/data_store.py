@@ -223,6 +223,7 @@ def worker_health(urls: Iterable[str], timeout: float = 2.0) -> list[dict[str, A
             row["status"] = "ok" if status == 200 else str(body.get("status") or f"HTTP {status}")
             row["models"] = [model_key(m.get("name"), m.get("version")) for m in body.get("models") or []]
             row["lag"] = body.get("lag")
+            row["stalled"] = body.get("stalled") or []
         rows.append(row)
     return rows
 

@@ -326,8 +326,11 @@ class ThroughputView(Viewer):
     def workers_html(self) -> str:
         rows = []
         for w in self.feed.workers:
-            cls = {"ok": "ok", "down": "down"}.get(w["status"], "starting")
+            # degraded: a stalled partition (liveness check) is as urgent as a worker that is down.
+            cls = {"ok": "ok", "down": "down", "degraded": "down"}.get(w["status"], "starting")
             detail = ", ".join(w.get("models") or []) or str(w.get("error") or "")[:80]
+            if w.get("stalled"):
+                detail += f"; stalled: {', '.join(w['stalled'])}"
             lag = "" if w.get("lag") is None else f", lag {w['lag']}"
             dot = f'<span class="{cls}">●</span>'
             rows.append(f"{dot} {esc(w['url'])} <b>{esc(w['status'])}</b> {esc(detail)}{lag}")

@@ -725,3 +725,18 @@ def test_importing_the_dashboard_connects_to_nothing():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_degraded_worker_shows_red_with_its_stalled_partitions():
+    from dashboard.data_store import LiveFeed
+    from dashboard.views import ThroughputView
+
+    feed = LiveFeed(db=None, worker_urls=[])
+    feed.workers = [
+        {"url": "http://w1", "status": "degraded", "models": ["m:1"], "lag": 7, "stalled": ["p-paths[2]"]},
+        {"url": "http://w2", "status": "ok", "models": ["m:1"], "lag": 0, "stalled": []},
+    ]
+    html = ThroughputView(feed=feed).workers_html()
+    assert '<span class="down">●</span> http://w1 <b>degraded</b>' in html
+    assert "stalled: p-paths[2]" in html
+    assert '<span class="ok">●</span> http://w2 <b>ok</b>' in html
