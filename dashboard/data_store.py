@@ -449,25 +449,16 @@ def start_shared_refresh(period: float = REFRESH_SECONDS) -> LiveFeed:
 def safe_image_path(path: str | os.PathLike | None, roots: Iterable[Path]) -> Path | None:
     """The real path of ``path`` if it is a file inside one of ``roots``, else None.
 
-    ``resolve()`` follows every symlink and ``..``, so a link inside a root that
-    points outside it, or a path that climbs out, is refused.
+    The same check as the decode stage (``imgflow.roots.inside_roots``): every
+    symlink and ``..`` is resolved, so a link inside a root that points outside
+    it, or a path that climbs out, is refused.
     """
-    if not path:
+    from imgflow.roots import inside_roots
+
+    resolved = inside_roots(path, roots)
+    if resolved is None or not resolved.is_file():
         return None
-    try:
-        resolved = Path(path).resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if not resolved.is_file():
-        return None
-    for root in roots:
-        try:
-            real_root = Path(root).resolve(strict=True)
-        except (OSError, RuntimeError, ValueError):
-            continue
-        if resolved.is_relative_to(real_root):
-            return resolved
-    return None
+    return resolved
 
 
 @lru_cache(maxsize=1024)

@@ -156,13 +156,16 @@ def main(argv: list[str] | None = None) -> int:
 
         dataset = write_dataset(settings.dataset_path.resolve())
         faust_bin = str(BIN / "faust")
+        inbox = home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        # Workers read only inside their image roots; the watcher below is given the inbox as an
+        # argument, so the workers are told about it here (the dataset is under IMGFLOW_HOME).
+        stack.env["IMGFLOW_IMAGE_ROOTS"] = ",".join(filter(None, [settings.image_roots, str(inbox)]))
         web_ports = []
         for i in range(args.workers):
             port = port_or_free(settings.web_port + i)
             web_ports.append(port)
             stack.spawn(f"worker{i + 1}", worker_argv(port), port)
-        inbox = home / "inbox"
-        inbox.mkdir(parents=True, exist_ok=True)
         stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
         stack.spawn(
             "simulator",

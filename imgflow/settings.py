@@ -103,10 +103,16 @@ class Settings(BaseSettings):
         return [Path(p.strip()) for p in self.watch_dirs.split(",") if p.strip()]
 
     @property
-    def preview_roots(self) -> list[Path]:
-        """Folders whose images may be shown or read back (uploads, dataset, watched, extra)."""
+    def image_root_paths(self) -> list[Path]:
+        """The only folders whose files imgflow reads: decode and previews (uploads, dataset,
+        watched, ``IMGFLOW_IMAGE_ROOTS``); see imgflow/roots.py."""
         extra = [Path(p.strip()) for p in self.image_roots.split(",") if p.strip()]
         return [self.dataset_path, self.upload_path, *self.watch_paths, *extra]
+
+    @property
+    def preview_roots(self) -> list[Path]:
+        """Folders the dashboard may preview from: the same as the decode stage may read."""
+        return self.image_root_paths
 
     @property
     def worker_url_list(self) -> list[str]:

@@ -50,6 +50,9 @@ class Pipeline:
     services: Services
     home: Path
     name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
+    #: IMGFLOW_IMAGE_ROOTS: tests publish images from their own temporary folders,
+    #: so the fixtures pass the session's base temporary folder.
+    image_roots: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
 
@@ -72,6 +75,7 @@ class Pipeline:
             "IMGFLOW_MODEL": str(self.services.model_spec),
             "IMGFLOW_PARTITIONS": "4",
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            **({"IMGFLOW_IMAGE_ROOTS": str(self.image_roots)} if self.image_roots else {}),
             **self.extra_env,
             **extra,
         }
