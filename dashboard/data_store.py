@@ -177,10 +177,16 @@ def image_filter(
 # The workers' web views
 
 
-def fetch_json(url: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
-    """GET ``url``; (status, parsed JSON). Raises OSError/ValueError when nobody answers sensibly."""
+def fetch_json(
+    url: str, timeout: float = HTTP_TIMEOUT, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """GET ``url``; (status, parsed JSON). Raises OSError/ValueError when nobody answers sensibly.
+
+    ``headers`` carry the workers' API token (``LiveFeed.worker_headers``) when one is set.
+    """
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -190,7 +196,12 @@ def fetch_json(url: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
             return exc.code, None
 
 
-def fetch_counts(urls: Iterable[str], windows: int = 30, timeout: float = HTTP_TIMEOUT) -> dict[str, Any]:
+def fetch_counts(
+    urls: Iterable[str],
+    windows: int = 30,
+    timeout: float = HTTP_TIMEOUT,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Cluster-wide label counts from the first worker that answers ``GET /counts/``.
 
     Any worker answers for the whole cluster (it fans out to the owners), so
@@ -199,7 +210,7 @@ def fetch_counts(urls: Iterable[str], windows: int = 30, timeout: float = HTTP_T
     errors: dict[str, str] = {}
     for url in urls:
         try:
-            status, body = fetch_json(f"{url}/counts/?windows={windows}", timeout)
+            status, body = fetch_json(f"{url}/counts/?windows={windows}", timeout, headers)
         except (OSError, ValueError) as exc:
             errors[url] = f"{type(exc).__name__}: {exc}"
             continue
@@ -209,13 +220,15 @@ def fetch_counts(urls: Iterable[str], windows: int = 30, timeout: float = HTTP_T
     return {"ok": False, "url": None, "body": None, "errors": errors}
 
 
-def worker_health(urls: Iterable[str], timeout: float = 2.0) -> list[dict[str, Any]]:
+def worker_health(
+    urls: Iterable[str], timeout: float = 2.0, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One row per configured worker: up / starting / down, its models and lag."""
     rows = []
     for url in urls:
         row: dict[str, Any] = {"url": url, "status": "down", "models": [], "lag": None, "error": ""}
         try:
-            status, body = fetch_json(f"{url}/health/", timeout)
+            status, body = fetch_json(f"{url}/health/", timeout, headers)
         except (OSError, ValueError) as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"
         else:
@@ -340,10 +353,17 @@ class LiveFeed(param.Parameterized):
     version = param.Integer(default=0, doc="Bumped when stored data or user state changed.")
     refreshed_at = param.Number(default=0.0, doc="Set at the end of every refresh; sessions watch it.")
 
-    def __init__(self, db=None, worker_urls: list[str] | None = None, **params):
+    def __init__(
+        self,
+        db=None,
+        worker_urls: list[str] | None = None,
+        worker_headers: dict[str, str] | None = None,
+        **params,
+    ):
         super().__init__(**params)
         self._db = db
         self._worker_urls = worker_urls
+        self._worker_headers = worker_headers
         self._stamp: tuple | None = None
         self._busy = False
 
@@ -361,15 +381,25 @@ class LiveFeed(param.Parameterized):
             self._worker_urls = get_settings().worker_url_list
         return self._worker_urls
 
+    @property
+    def worker_headers(self) -> dict[str, str]:
+        """``Authorization: Bearer`` when IMGFLOW_API_TOKEN is set (reads may be protected)."""
+        if self._worker_headers is None:
+            from imgflow.settings import get_settings
+            from imgflow.web.auth import auth_headers
+
+            self._worker_headers = auth_headers(get_settings())
+        return self._worker_headers
+
     def collect(self) -> dict[str, Any]:
         """All the I/O of one refresh (blocking; run off the event loop)."""
         snap: dict[str, Any] = {}
-        counts = fetch_counts(self.worker_urls)
+        counts = fetch_counts(self.worker_urls, headers=self.worker_headers)
         snap["counts_ok"] = counts["ok"]
         snap["counts_url"] = counts["url"] or ""
         snap["counts_body"] = counts["body"]
         snap["counts_error"] = "; ".join(f"{u}: {e}" for u, e in counts["errors"].items())
-        snap["workers"] = worker_health(self.worker_urls)
+        snap["workers"] = worker_health(self.worker_urls, headers=self.worker_headers)
         try:
             stats = throughput(self.db)
             stats["totals"] = totals(self.db)
