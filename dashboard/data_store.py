@@ -48,6 +48,8 @@ THUMB_PX = 160
 DETAIL_PX = 640
 STATS_MINUTES = 5
 HTTP_TIMEOUT = 3.0
+#: Who an edit is recorded as when the dashboard runs without authentication.
+ANONYMOUS = "anonymous"
 
 #: Time-range presets of the filter, in seconds back from now (None: no limit).
 TIME_RANGES: dict[str, float | None] = {
@@ -662,6 +664,11 @@ class DataStore(param.Parameterized):
     selected = param.String(default=None, allow_None=True, doc="image_id shown in the detail view.")
     message = param.String(default="", doc="The outcome of the user's last action.")
     error = param.String(default="")
+    user = param.String(
+        default=None,
+        allow_None=True,
+        doc="Who is signed in (pn.state.user); edits are recorded as theirs. None: no authentication.",
+    )
 
     def __init__(
         self,
@@ -698,6 +705,11 @@ class DataStore(param.Parameterized):
 
         settings = get_settings()
         return settings.max_file_bytes, settings.max_pixels
+
+    @property
+    def actor(self) -> str:
+        """The name stored beside an edit: the signed-in user, or ``anonymous`` without auth."""
+        return self.user or ANONYMOUS
 
     def _changed(self) -> None:
         """After an edit: this session re-queries now, the others via the shared feed."""
@@ -802,7 +814,8 @@ class DataStore(param.Parameterized):
 
     def set_hidden(self, image_id: str, hidden: bool = True) -> bool:
         result = self.db.images.update_one(
-            {"_id": image_id}, {"$set": {"hidden": bool(hidden), "hidden_at": datetime.now(UTC)}}
+            {"_id": image_id},
+            {"$set": {"hidden": bool(hidden), "hidden_at": datetime.now(UTC), "hidden_by": self.actor}},
         )
         if result.matched_count:
             self.message = f"{'Hidden' if hidden else 'Shown again'}: {image_id}"
@@ -825,6 +838,7 @@ class DataStore(param.Parameterized):
             "predicted_label": doc.get("label"),
             "model": doc.get("model"),
             "model_version": doc.get("model_version"),
+            "user": self.actor,
         }
         self.db.images.update_one({"_id": image_id}, {"$set": {"feedback": feedback}})
         self.message = f"Label of {image_id} set to {label!r}"
@@ -832,7 +846,13 @@ class DataStore(param.Parameterized):
         return True
 
     def clear_correction(self, image_id: str) -> bool:
-        result = self.db.images.update_one({"_id": image_id}, {"$unset": {"feedback": ""}})
+        result = self.db.images.update_one(
+            {"_id": image_id},
+            {
+                "$unset": {"feedback": ""},
+                "$set": {"feedback_cleared": {"user": self.actor, "at": datetime.now(UTC)}},
+            },
+        )
         if result.matched_count:
             self.message = f"Correction removed: {image_id}"
             self._changed()
@@ -846,10 +866,7 @@ class DataStore(param.Parameterized):
             self.message = "Retry is not available: imgflow.replay.retry_failed is missing."
             return None
         try:
-            if self.settings is not None:
-                sent = await retry_failed(image_ids, settings=self.settings)
-            else:
-                sent = await retry_failed(image_ids)
+            sent = await retry_failed(image_ids, settings=self.settings, user=self.actor)
         except Exception as exc:
             self.message = f"Retry failed: {type(exc).__name__}: {exc}"
             return None
