@@ -2,6 +2,9 @@
 
 Reads the file a path points to, validates and decodes it with Pillow off the
 event loop, and emits a uint8 tensor sized for the model that will classify it.
+A path outside the image roots (``Settings.image_root_paths``) is refused
+before the file is touched: anyone who can write to the paths topic could
+otherwise make a worker read any file it can (``/etc/passwd``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,16 +31,22 @@ from imgflow.records import (
     message_id,
     parse_image_path,
 )
+from imgflow.roots import require_inside_roots
 from imgflow.topics import failed_topic, paths_topic, publish, tensors_topic
 from models.registry import spec_for
 
 log = logging.getLogger(__name__)
 
 
-def decode_one(item: ImagePath, limits: Limits) -> DecodedImage:
-    """Pure work for one image (runs in a worker thread)."""
+def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> DecodedImage:
+    """Pure work for one image (runs in a worker thread).
+
+    The roots are checked first and the checked real path is what is read, so
+    a link swapped in afterwards cannot redirect the read.
+    """
+    real = require_inside_roots(item.path, roots)
     spec = spec_for(item.model or settings.model_spec_path)
-    decoded = decode_image(Path(item.path), spec.input_size, spec.resize, limits)
+    decoded = decode_image(real, spec.input_size, spec.resize, limits)
     return DecodedImage(
         image_id=item.image_id,
         path=item.path,
@@ -47,7 +57,7 @@ def decode_one(item: ImagePath, limits: Limits) -> DecodedImage:
         shape=list(decoded.tensor.shape),
         tensor_b64=base64.b64encode(decoded.tensor.tobytes()).decode("ascii"),
         meta=ImageMeta(
-            file_name=decoded.file_name,
+            file_name=Path(item.path).name,  # the name it was sent as, not a link's target
             width=decoded.width,
             height=decoded.height,
             format=decoded.format,
@@ -62,13 +72,14 @@ def decode_one(item: ImagePath, limits: Limits) -> DecodedImage:
 @app.agent(paths_topic)
 async def decode(stream):
     limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
+    roots = settings.image_root_paths
     pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
     loop = asyncio.get_running_loop()
 
     async def run(item: ImagePath) -> DecodedImage | Exception:
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(pool, decode_one, item, limits), settings.decode_timeout
+                loop.run_in_executor(pool, decode_one, item, limits, roots), settings.decode_timeout
             )
         except TimeoutError:
             return ImageRejected("decode_timeout", f"decoding took longer than {settings.decode_timeout:g}s")

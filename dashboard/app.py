@@ -4,10 +4,13 @@ Configuration comes from the same environment variables as the workers
 (MONGO_URL, MONGO_DB, IMGFLOW_WORKER_URLS, the image folders). One background
 task per server process refreshes the live numbers for every open tab
 (``dashboard.data_store.start_shared_refresh``); each session only follows it.
+Start it with ``python -m dashboard.serve`` to get the login settings
+(``IMGFLOW_DASHBOARD_AUTH_FILE``); every edit records the signed-in user.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -24,6 +27,12 @@ from dashboard.views import Dashboard
 pn.extension("tabulator", throttled=True, sizing_mode="stretch_width")
 
 feed = start_shared_refresh()
-board = Dashboard(store=DataStore(feed=feed), feed=feed)
+# pn.state.user: who signed in through Panel's basic auth (dashboard/serve.py), None when it is off.
+user = pn.state.user
+log = logging.getLogger("dashboard")
+if log.level == logging.NOTSET:  # `panel serve` sets up Bokeh's loggers only; an audit line is INFO
+    log.setLevel(logging.INFO)
+log.info("dashboard session opened by %s", user or "anonymous (no login)")
+board = Dashboard(store=DataStore(feed=feed, user=user), feed=feed)
 board.connect(pn.state.curdoc)
 board.template().servable(title="imgflow")

@@ -48,6 +48,8 @@ THUMB_PX = 160
 DETAIL_PX = 640
 STATS_MINUTES = 5
 HTTP_TIMEOUT = 3.0
+#: Who an edit is recorded as when the dashboard runs without authentication.
+ANONYMOUS = "anonymous"
 
 #: Time-range presets of the filter, in seconds back from now (None: no limit).
 TIME_RANGES: dict[str, float | None] = {
@@ -177,10 +179,16 @@ def image_filter(
 # The workers' web views
 
 
-def fetch_json(url: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
-    """GET ``url``; (status, parsed JSON). Raises OSError/ValueError when nobody answers sensibly."""
+def fetch_json(
+    url: str, timeout: float = HTTP_TIMEOUT, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """GET ``url``; (status, parsed JSON). Raises OSError/ValueError when nobody answers sensibly.
+
+    ``headers`` carry the workers' API token (``LiveFeed.worker_headers``) when one is set.
+    """
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -190,7 +198,12 @@ def fetch_json(url: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
             return exc.code, None
 
 
-def fetch_counts(urls: Iterable[str], windows: int = 30, timeout: float = HTTP_TIMEOUT) -> dict[str, Any]:
+def fetch_counts(
+    urls: Iterable[str],
+    windows: int = 30,
+    timeout: float = HTTP_TIMEOUT,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Cluster-wide label counts from the first worker that answers ``GET /counts/``.
 
     Any worker answers for the whole cluster (it fans out to the owners), so
@@ -199,7 +212,7 @@ def fetch_counts(urls: Iterable[str], windows: int = 30, timeout: float = HTTP_T
     errors: dict[str, str] = {}
     for url in urls:
         try:
-            status, body = fetch_json(f"{url}/counts/?windows={windows}", timeout)
+            status, body = fetch_json(f"{url}/counts/?windows={windows}", timeout, headers)
         except (OSError, ValueError) as exc:
             errors[url] = f"{type(exc).__name__}: {exc}"
             continue
@@ -209,13 +222,15 @@ def fetch_counts(urls: Iterable[str], windows: int = 30, timeout: float = HTTP_T
     return {"ok": False, "url": None, "body": None, "errors": errors}
 
 
-def worker_health(urls: Iterable[str], timeout: float = 2.0) -> list[dict[str, Any]]:
+def worker_health(
+    urls: Iterable[str], timeout: float = 2.0, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One row per configured worker: up / starting / down, its models and lag."""
     rows = []
     for url in urls:
         row: dict[str, Any] = {"url": url, "status": "down", "models": [], "lag": None, "error": ""}
         try:
-            status, body = fetch_json(f"{url}/health/", timeout)
+            status, body = fetch_json(f"{url}/health/", timeout, headers)
         except (OSError, ValueError) as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"
         else:
@@ -341,10 +356,17 @@ class LiveFeed(param.Parameterized):
     version = param.Integer(default=0, doc="Bumped when stored data or user state changed.")
     refreshed_at = param.Number(default=0.0, doc="Set at the end of every refresh; sessions watch it.")
 
-    def __init__(self, db=None, worker_urls: list[str] | None = None, **params):
+    def __init__(
+        self,
+        db=None,
+        worker_urls: list[str] | None = None,
+        worker_headers: dict[str, str] | None = None,
+        **params,
+    ):
         super().__init__(**params)
         self._db = db
         self._worker_urls = worker_urls
+        self._worker_headers = worker_headers
         self._stamp: tuple | None = None
         self._busy = False
 
@@ -362,15 +384,25 @@ class LiveFeed(param.Parameterized):
             self._worker_urls = get_settings().worker_url_list
         return self._worker_urls
 
+    @property
+    def worker_headers(self) -> dict[str, str]:
+        """``Authorization: Bearer`` when IMGFLOW_API_TOKEN is set (reads may be protected)."""
+        if self._worker_headers is None:
+            from imgflow.settings import get_settings
+            from imgflow.web.auth import auth_headers
+
+            self._worker_headers = auth_headers(get_settings())
+        return self._worker_headers
+
     def collect(self) -> dict[str, Any]:
         """All the I/O of one refresh (blocking; run off the event loop)."""
         snap: dict[str, Any] = {}
-        counts = fetch_counts(self.worker_urls)
+        counts = fetch_counts(self.worker_urls, headers=self.worker_headers)
         snap["counts_ok"] = counts["ok"]
         snap["counts_url"] = counts["url"] or ""
         snap["counts_body"] = counts["body"]
         snap["counts_error"] = "; ".join(f"{u}: {e}" for u, e in counts["errors"].items())
-        snap["workers"] = worker_health(self.worker_urls)
+        snap["workers"] = worker_health(self.worker_urls, headers=self.worker_headers)
         try:
             stats = throughput(self.db)
             stats["totals"] = totals(self.db)
@@ -450,25 +482,16 @@ def start_shared_refresh(period: float = REFRESH_SECONDS) -> LiveFeed:
 def safe_image_path(path: str | os.PathLike | None, roots: Iterable[Path]) -> Path | None:
     """The real path of ``path`` if it is a file inside one of ``roots``, else None.
 
-    ``resolve()`` follows every symlink and ``..``, so a link inside a root that
-    points outside it, or a path that climbs out, is refused.
+    The same check as the decode stage (``imgflow.roots.inside_roots``): every
+    symlink and ``..`` is resolved, so a link inside a root that points outside
+    it, or a path that climbs out, is refused.
     """
-    if not path:
+    from imgflow.roots import inside_roots
+
+    resolved = inside_roots(path, roots)
+    if resolved is None or not resolved.is_file():
         return None
-    try:
-        resolved = Path(path).resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if not resolved.is_file():
-        return None
-    for root in roots:
-        try:
-            real_root = Path(root).resolve(strict=True)
-        except (OSError, RuntimeError, ValueError):
-            continue
-        if resolved.is_relative_to(real_root):
-            return resolved
-    return None
+    return resolved
 
 
 @lru_cache(maxsize=1024)
@@ -642,6 +665,11 @@ class DataStore(param.Parameterized):
     selected = param.String(default=None, allow_None=True, doc="image_id shown in the detail view.")
     message = param.String(default="", doc="The outcome of the user's last action.")
     error = param.String(default="")
+    user = param.String(
+        default=None,
+        allow_None=True,
+        doc="Who is signed in (pn.state.user); edits are recorded as theirs. None: no authentication.",
+    )
 
     def __init__(
         self,
@@ -678,6 +706,11 @@ class DataStore(param.Parameterized):
 
         settings = get_settings()
         return settings.max_file_bytes, settings.max_pixels
+
+    @property
+    def actor(self) -> str:
+        """The name stored beside an edit: the signed-in user, or ``anonymous`` without auth."""
+        return self.user or ANONYMOUS
 
     def _changed(self) -> None:
         """After an edit: this session re-queries now, the others via the shared feed."""
@@ -782,7 +815,8 @@ class DataStore(param.Parameterized):
 
     def set_hidden(self, image_id: str, hidden: bool = True) -> bool:
         result = self.db.images.update_one(
-            {"_id": image_id}, {"$set": {"hidden": bool(hidden), "hidden_at": datetime.now(UTC)}}
+            {"_id": image_id},
+            {"$set": {"hidden": bool(hidden), "hidden_at": datetime.now(UTC), "hidden_by": self.actor}},
         )
         if result.matched_count:
             self.message = f"{'Hidden' if hidden else 'Shown again'}: {image_id}"
@@ -805,6 +839,7 @@ class DataStore(param.Parameterized):
             "predicted_label": doc.get("label"),
             "model": doc.get("model"),
             "model_version": doc.get("model_version"),
+            "user": self.actor,
         }
         self.db.images.update_one({"_id": image_id}, {"$set": {"feedback": feedback}})
         self.message = f"Label of {image_id} set to {label!r}"
@@ -812,7 +847,13 @@ class DataStore(param.Parameterized):
         return True
 
     def clear_correction(self, image_id: str) -> bool:
-        result = self.db.images.update_one({"_id": image_id}, {"$unset": {"feedback": ""}})
+        result = self.db.images.update_one(
+            {"_id": image_id},
+            {
+                "$unset": {"feedback": ""},
+                "$set": {"feedback_cleared": {"user": self.actor, "at": datetime.now(UTC)}},
+            },
+        )
         if result.matched_count:
             self.message = f"Correction removed: {image_id}"
             self._changed()
@@ -826,10 +867,7 @@ class DataStore(param.Parameterized):
             self.message = "Retry is not available: imgflow.replay.retry_failed is missing."
             return None
         try:
-            if self.settings is not None:
-                sent = await retry_failed(image_ids, settings=self.settings)
-            else:
-                sent = await retry_failed(image_ids)
+            sent = await retry_failed(image_ids, settings=self.settings, user=self.actor)
         except Exception as exc:
             self.message = f"Retry failed: {type(exc).__name__}: {exc}"
             return None

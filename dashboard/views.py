@@ -1060,9 +1060,18 @@ class Dashboard(Viewer):
             tabs,
         ]
 
+    def signed_in(self) -> list[Any]:
+        """Who the edits are recorded as, and a way out; nothing when there is no login."""
+        if not self.store.user:
+            return []
+        logout = '<a href="/logout" style="color:inherit">log out</a>'
+        text = f"signed in as <b>{esc(self.store.user)}</b> · {logout}"
+        return [pn.pane.HTML(text, styles={"color": "white"}, align="center", width=260, height=30)]
+
     def template(self):
         return pn.template.FastListTemplate(
             title=self.title,
+            header=self.signed_in(),
             sidebar=[self.filters],
             main=self.main(),
             sidebar_width=260,

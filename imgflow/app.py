@@ -6,6 +6,7 @@ import faust
 
 from imgflow import consumer as safe_consumer
 from imgflow.settings import get_settings
+from imgflow.web.auth import token_middleware
 
 settings = get_settings()
 # Never commit past an unacknowledged message; never drop a delivered one on recovery
@@ -43,6 +44,8 @@ app = App(
     web_bind=settings.web_bind,
     web_port=settings.web_port,
     web_in_thread=False,
+    # IMGFLOW_API_TOKEN guards every view, Faust's own included (imgflow/web/auth.py).
+    web_application_options={"middlewares": [token_middleware(settings)]},
     # /counts/ fans out to active owners; standby copies would be counted twice.
     table_standby_replicas=0,
     table_cleanup_interval=settings.window_seconds,

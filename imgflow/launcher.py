@@ -49,9 +49,9 @@ class Stack:
     services: list[Service] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
 
-    def spawn(self, name: str, argv: list[str], port: int = 0) -> Service:
+    def spawn(self, name: str, argv: list[str], port: int = 0, env: dict[str, str] | None = None) -> Service:
         svc = Service(name, port, self.home / "logs" / f"{name}.log")
-        svc.start(argv, env=self.env)
+        svc.start(argv, env={**self.env, **(env or {})})
         self.services.append(svc)
         return svc
 
@@ -156,13 +156,16 @@ def main(argv: list[str] | None = None) -> int:
 
         dataset = write_dataset(settings.dataset_path.resolve())
         faust_bin = str(BIN / "faust")
+        inbox = home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        # Workers read only inside their image roots; the watcher below is given the inbox as an
+        # argument, so the workers are told about it here (the dataset is under IMGFLOW_HOME).
+        stack.env["IMGFLOW_IMAGE_ROOTS"] = ",".join(filter(None, [settings.image_roots, str(inbox)]))
         web_ports = []
         for i in range(args.workers):
             port = port_or_free(settings.web_port + i)
             web_ports.append(port)
             stack.spawn(f"worker{i + 1}", worker_argv(port), port)
-        inbox = home / "inbox"
-        inbox.mkdir(parents=True, exist_ok=True)
         stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
         stack.spawn(
             "simulator",
@@ -178,32 +181,28 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
         dash_port = 0
+        dash_auth = ""
         if not args.no_dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists():
+            from dashboard.serve import AuthConfigError, serve_command
+
             dash_port = port_or_free(5006)
-            stack.spawn(
-                "dashboard",
-                [
-                    str(BIN / "panel"),
-                    "serve",
-                    str(Path(__file__).parent.parent / "dashboard" / "app.py"),
-                    "--address",
-                    "127.0.0.1",
-                    "--port",
-                    str(dash_port),
-                    "--allow-websocket-origin",
-                    f"127.0.0.1:{dash_port}",
-                    "--allow-websocket-origin",
-                    f"localhost:{dash_port}",
-                ],
-                dash_port,
-            )
+            origins = [f"127.0.0.1:{dash_port}", f"localhost:{dash_port}"]
+            try:
+                # Basic auth when IMGFLOW_DASHBOARD_AUTH_FILE is set (README "Security"), else open.
+                dash_argv, dash_env = serve_command(
+                    settings, address="127.0.0.1", port=dash_port, origins=origins
+                )
+            except AuthConfigError as exc:
+                raise SystemExit(f"dashboard: {exc}") from None
+            dash_auth = " (login required)" if dash_env else ""
+            stack.spawn("dashboard", dash_argv, dash_port, env=dash_env)
         print(
             "\nimgflow demo is running (Ctrl-C stops everything):\n"
             f"  broker      {stack.env['BROKER_URL']}\n"
             f"  mongodb     {stack.env['MONGO_URL']}  database {settings.mongo_db}\n"
             f"  dataset     {len(dataset)} images in {settings.dataset_path}\n"
             + "".join(f"  worker {i + 1}    http://127.0.0.1:{p}/health/\n" for i, p in enumerate(web_ports))
-            + (f"  dashboard   http://127.0.0.1:{dash_port}/app\n" if dash_port else "")
+            + (f"  dashboard   http://127.0.0.1:{dash_port}/app{dash_auth}\n" if dash_port else "")
             + f"  inbox       drop images into {inbox} (watched folder)\n"
             + f"  logs        {home / 'logs'}\n"
             f"  results     MONGO_URL={stack.env['MONGO_URL']} {BIN / 'faust'} -A imgflow latest\n",

@@ -330,12 +330,16 @@ def mongo_db(settings: Settings):
     return client, client[settings.mongo_db]
 
 
-async def retry_failed(image_ids: list[str] | None = None, settings: Settings | None = None) -> int:
+async def retry_failed(
+    image_ids: list[str] | None = None, settings: Settings | None = None, user: str | None = None
+) -> int:
     """Re-send failed images (all, or the given ids) from MongoDB ``failures``.
 
     Used after fixing the cause (a permission, a missing file). A retried image
     that succeeds leaves the failures list (the store stage removes it); one
-    that fails again updates its failure document.
+    that fails again updates its failure document. ``user`` (the dashboard's
+    signed-in user) is recorded on the failure documents (``retried_by``) and
+    travels with the images (``attrs.retry_of.by``), so a retry has an author.
     """
     import asyncio
 
@@ -358,10 +362,20 @@ async def retry_failed(image_ids: list[str] | None = None, settings: Settings | 
             submitted_at=time.time(),
             model=doc.get("model"),
             replay_id=replay_id,
-            attrs={"retry_of": {"kind": doc.get("kind"), "stage": doc.get("stage")}},
+            attrs={"retry_of": {"kind": doc.get("kind"), "stage": doc.get("stage"), "by": user}},
         )
         items.append((item, [("imgflow-replay-id", replay_id.encode())]))
-    return await publish_paths(settings, items) if items else 0
+    if not items:
+        return 0
+    sent = await publish_paths(settings, items)
+    ids = [item.image_id for item, _ in items]
+    retried = {"retried_by": user, "retried_at": datetime.now(UTC), "retry_id": replay_id}
+    client, db = mongo_db(settings)
+    try:
+        await asyncio.to_thread(db.failures.update_many, {"_id": {"$in": ids}}, {"$set": retried})
+    finally:
+        client.close()
+    return sent
 
 
 def image_ids_with_label(settings: Settings, labels: Iterable[str]) -> frozenset[str]:

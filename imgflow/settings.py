@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     web_bind: str = Field("127.0.0.1", validation_alias=_env("IMGFLOW_WEB_BIND"))
     web_port: int = Field(6066, ge=1, le=65535, validation_alias=_env("IMGFLOW_WEB_PORT"))
 
+    # Access (README "Security"). Secrets are SecretStr so that a logged or printed Settings shows ****.
+    api_token: SecretStr | None = Field(None, validation_alias=_env("IMGFLOW_API_TOKEN"))
+    api_protect_reads: bool = Field(False, validation_alias=_env("IMGFLOW_API_PROTECT_READS"))
+    dashboard_auth_file: Path | None = Field(None, validation_alias=_env("IMGFLOW_DASHBOARD_AUTH_FILE"))
+    cookie_secret: SecretStr | None = Field(None, validation_alias=_env("IMGFLOW_COOKIE_SECRET"))
+
     # Broker behaviour (DESIGN section 8: values that work on Tansu and on Apache Kafka)
     session_timeout: float = Field(6.0, gt=0, validation_alias=_env("IMGFLOW_SESSION_TIMEOUT"))
     heartbeat_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_HEARTBEAT_INTERVAL"))
@@ -81,6 +87,14 @@ class Settings(BaseSettings):
         value = value.strip()
         if "://" not in value:
             value = "kafka://" + value
+        return value
+
+    @field_validator("api_token", "cookie_secret", "dashboard_auth_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``VAR=`` (as Compose writes an unset ``${VAR:-}``) means unset, not an empty secret."""
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     # Derived values -----------------------------------------------------
@@ -104,10 +118,16 @@ class Settings(BaseSettings):
         return [Path(p.strip()) for p in self.watch_dirs.split(",") if p.strip()]
 
     @property
-    def preview_roots(self) -> list[Path]:
-        """Folders whose images may be shown or read back (uploads, dataset, watched, extra)."""
+    def image_root_paths(self) -> list[Path]:
+        """The only folders whose files imgflow reads: decode and previews (uploads, dataset,
+        watched, ``IMGFLOW_IMAGE_ROOTS``); see imgflow/roots.py."""
         extra = [Path(p.strip()) for p in self.image_roots.split(",") if p.strip()]
         return [self.dataset_path, self.upload_path, *self.watch_paths, *extra]
+
+    @property
+    def preview_roots(self) -> list[Path]:
+        """Folders the dashboard may preview from: the same as the decode stage may read."""
+        return self.image_root_paths
 
     @property
     def worker_url_list(self) -> list[str]:

@@ -50,9 +50,15 @@ def services(tmp_path_factory: pytest.TempPathFactory, default_model_spec: Path)
 
 
 @pytest.fixture
-def pipeline(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
-    """An isolated deployment (own group, topics, database); its workers stop after the test."""
-    p = Pipeline(services=services, home=tmp_path / "home")
+def pipeline(
+    services: Services, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    """An isolated deployment (own group, topics, database); its workers stop after the test.
+
+    Its workers may read images anywhere under the session's temporary folder
+    (IMGFLOW_IMAGE_ROOTS), where tests write them; nowhere else.
+    """
+    p = Pipeline(services=services, home=tmp_path / "home", image_roots=tmp_path_factory.getbasetemp())
     p.home.mkdir(parents=True)
     try:
         yield p

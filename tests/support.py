@@ -50,6 +50,9 @@ class Pipeline:
     services: Services
     home: Path
     name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
+    #: IMGFLOW_IMAGE_ROOTS: tests publish images from their own temporary folders,
+    #: so the fixtures pass the session's base temporary folder.
+    image_roots: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
 
@@ -72,6 +75,7 @@ class Pipeline:
             "IMGFLOW_MODEL": str(self.services.model_spec),
             "IMGFLOW_PARTITIONS": "4",
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            **({"IMGFLOW_IMAGE_ROOTS": str(self.image_roots)} if self.image_roots else {}),
             **self.extra_env,
             **extra,
         }
@@ -130,16 +134,25 @@ class Worker:
         self.service = Service(f"worker{self.number}", self.port, self.log_path)
         self.service.start(worker_argv(self.port), env=self.pipeline.env(**self.extra_env))
 
-    def get(self, path: str, timeout: float = 10) -> tuple[int, Any]:
+    def get(self, path: str, timeout: float = 10, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        status, _headers, body = self.request("GET", path, timeout=timeout, headers=headers)
+        return status, body
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10,
+    ) -> tuple[int, dict[str, str], Any]:
+        """(status, response headers, JSON body or text) of one plain HTTP request."""
+        req = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method=method)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), _json_or_text(resp.read())
         except urllib.error.HTTPError as exc:
-            body = exc.read()
-            try:
-                return exc.code, json.loads(body)
-            except ValueError:
-                return exc.code, body.decode(errors="replace")
+            return exc.code, dict(exc.headers), _json_or_text(exc.read())
 
     def health(self) -> tuple[int, Any]:
         try:
@@ -172,6 +185,13 @@ class Worker:
     def stop(self, timeout: float = 30) -> None:
         if self.service:
             self.service.stop(timeout)
+
+
+def _json_or_text(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return body.decode(errors="replace")
 
 
 async def produce_raw(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:

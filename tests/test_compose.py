@@ -8,6 +8,7 @@ imgflow's, a volume not shared by every node that resolves paths, ...) fails her
 from __future__ import annotations
 
 import fnmatch
+import re
 import shlex
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -27,12 +28,16 @@ PYPROJECT = ROOT / "pyproject.toml"
 
 KAFKA = "kafka"
 MONGO = "mongo"
-IMGFLOW_SERVICES = ("worker", "simulator", "watcher", "dashboard")
+IMGFLOW_SERVICES = ("worker", "api", "simulator", "watcher", "dashboard")
+# The only services the host may reach, and the container port each publishes.
+PUBLISHED = {"dashboard": 5006, "api": 6066}
 SERVICES = (KAFKA, MONGO, *IMGFLOW_SERVICES)
 # Read by the dashboard itself, not a Settings field.
 EXTRA_ENV = frozenset({"IMGFLOW_WORKER_URLS"})
 REQUIRED_ENV = ("BROKER_URL", "MONGO_URL", "MONGO_DB", "IMGFLOW_MODEL")
 LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+# ``${NAME:?message}``: Compose refuses to start while NAME is unset or empty.
+REQUIRED_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")
 
 
 # Parsing helpers -------------------------------------------------------------------------
@@ -80,12 +85,26 @@ def mounts(service: dict[str, Any]) -> set[tuple[str, str]]:
 def hosts(url: str) -> list[tuple[str, int | None]]:
     """``(host, port)`` pairs of a URL that may list several hosts (Kafka, MongoDB)."""
     rest = url.split("://", 1)[1] if "://" in url else url
-    netloc = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    # Credentials first: they may be ${VAR:?message} references, which hold "?".
+    netloc = rest.rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0]
     pairs = []
     for hostport in netloc.replace(";", ",").split(","):
         host, sep, port = hostport.strip().rpartition(":")
         pairs.append((host, int(port)) if sep else (port, None))
     return pairs
+
+
+def required_variable(value: str | None) -> str | None:
+    """The variable a value is made of, if it is exactly a required ``${NAME:?...}``."""
+    match = REQUIRED_VARIABLE.fullmatch(value or "")
+    return match.group(1) if match else None
+
+
+def container_port(spec: Any) -> int:
+    """The container side of a ``ports`` entry, short (``[ip:]host:container``) or long syntax."""
+    if isinstance(spec, dict):
+        return int(spec["target"])
+    return int(str(spec).rsplit(":", 1)[-1].split("/")[0])
 
 
 def settings_for(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -175,6 +194,63 @@ def test_worker_runs_two_replicas(services: dict[str, dict[str, Any]]) -> None:
     assert (worker.get("deploy") or {}).get("replicas") == 2
     # Replicas cannot share a fixed container name.
     assert "container_name" not in worker
+
+
+def test_the_api_is_one_more_worker_like_the_others(services: dict[str, dict[str, Any]]) -> None:
+    api, worker = services["api"], services["worker"]
+    assert (api.get("deploy") or {}).get("replicas") == 1, "one published port fits one replica"
+    assert api["command"] == worker["command"] and environment(api) == environment(worker)
+    assert api.get("healthcheck") == worker.get("healthcheck")
+
+
+def test_only_the_dashboard_and_one_worker_port_are_published(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert set(published) == set(PUBLISHED), f"services published to the host: {sorted(published)}"
+    for name, ports in published.items():
+        assert [container_port(p) for p in ports] == [PUBLISHED[name]], f"{name}: {ports}"
+    web_port = settings_for(environment(services["api"]), monkeypatch).web_port
+    assert web_port == PUBLISHED["api"], "the api publishes another port than its web server's"
+
+
+def test_mongodb_requires_credentials_from_the_environment(services: dict[str, dict[str, Any]]) -> None:
+    mongo = environment(services[MONGO])
+    user = required_variable(mongo.get("MONGO_INITDB_ROOT_USERNAME"))
+    password = required_variable(mongo.get("MONGO_INITDB_ROOT_PASSWORD"))
+    assert user and password, "MongoDB's root user must come from required ${...:?} variables"
+    assert not services[MONGO].get("ports")
+    for name in IMGFLOW_SERVICES:
+        url = environment(services[name])["MONGO_URL"] or ""
+        userinfo = url.split("://", 1)[1].rsplit("@", 1)[0] if "@" in url else ""
+        pair = re.fullmatch(r"(\$\{[^}]*\}):(\$\{[^}]*\})", userinfo)
+        login, secret = pair.groups() if pair else ("", "")
+        assert required_variable(login) == user and required_variable(secret) == password, (
+            f"{name}: MONGO_URL does not log in as MongoDB's root user ({url})"
+        )
+        assert "authSource=admin" in url, f"{name}: the root user lives in the admin database"
+
+
+def test_api_token_and_dashboard_login_are_on(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in IMGFLOW_SERVICES:
+        env = environment(services[name])
+        assert required_variable(env.get("IMGFLOW_API_TOKEN")), f"{name}: IMGFLOW_API_TOKEN is not required"
+    assert settings_for(environment(services["api"]), monkeypatch).api_protect_reads
+
+    dashboard = services["dashboard"]
+    command = dashboard.get("command") or []
+    assert command[:3] == ["python", "-m", "dashboard.serve"], "the dashboard is not started with its login"
+    origins = [command[i + 1] for i, arg in enumerate(command) if arg == "--allow-websocket-origin"]
+    assert origins and "*" not in origins, "any web site could open the dashboard's websocket"
+    env = environment(dashboard)
+    assert required_variable(env.get("IMGFLOW_COOKIE_SECRET")), "IMGFLOW_COOKIE_SECRET is not required"
+    auth_file = PurePosixPath(env.get("IMGFLOW_DASHBOARD_AUTH_FILE") or "")
+    assert auth_file.parent == PurePosixPath("/run/secrets"), f"credentials not from a secret: {auth_file}"
+    assert auth_file.name in (dashboard.get("secrets") or []), f"dashboard does not mount {auth_file.name}"
+    source = ((compose.get("secrets") or {}).get(auth_file.name) or {}).get("file") or ""
+    assert source.startswith("${"), f"the credentials file's location is not configurable: {source}"
 
 
 def test_imgflow_services_run_the_project_image(services: dict[str, dict[str, Any]]) -> None:
@@ -279,9 +355,8 @@ def test_kafka_is_a_single_kraft_node(
     assert kafka.get("CLUSTER_ID"), "the apache/kafka image needs CLUSTER_ID in KRaft mode"
     assert kafka.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE") == "true"
     assert kafka.get("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR") == "1"
-    # The host listener: published and advertised as localhost:29092.
-    assert "localhost:29092" in (kafka.get("KAFKA_ADVERTISED_LISTENERS") or "")
-    assert any(str(port).split(":")[-1] == "29092" for port in services[KAFKA].get("ports") or [])
+    # Reachable inside the Compose network only: nothing advertised for the host.
+    assert all(host == KAFKA for host, _ in hosts(kafka.get("KAFKA_ADVERTISED_LISTENERS") or ""))
     # A topic created by a first send gets as many partitions as Faust would declare.
     partitions = settings_for(environment(services["worker"]), monkeypatch).partitions
     num_partitions = int(kafka.get("KAFKA_NUM_PARTITIONS") or 1)  # Kafka's default
@@ -320,6 +395,15 @@ def test_image_folders_are_on_one_shared_volume(
         for key, folder in folders.items():
             path = PurePosixPath(folder.as_posix())
             assert any(path.is_relative_to(t) for t in targets), f"{name}: {key}={path} is not shared"
+
+    # Workers read only inside their image roots: every folder a source sends from is one.
+    worker_settings = settings_for(environment(services["worker"]), monkeypatch)
+    roots = [PurePosixPath(p.as_posix()) for p in worker_settings.image_root_paths]
+    for name in ("simulator", "watcher", "api"):
+        settings = settings_for(environment(services[name]), monkeypatch)
+        for folder in (settings.dataset_path, settings.upload_path, *settings.watch_paths):
+            path = PurePosixPath(folder.as_posix())
+            assert any(path.is_relative_to(r) for r in roots), f"{name}: workers would refuse {path}"
 
 
 # Dockerfile ------------------------------------------------------------------------------

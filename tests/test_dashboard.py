@@ -467,6 +467,7 @@ def test_hide_and_correct_are_stored_in_mongodb_and_change_the_gallery(db, seede
     assert store.set_hidden(ids["coffee-2.png"], True)
     doc = db.images.find_one({"_id": ids["coffee-2.png"]})
     assert doc["hidden"] is True and isinstance(doc["hidden_at"], datetime)
+    assert doc["hidden_by"] == "anonymous"  # no authentication: recorded as anonymous
     assert ids["coffee-2.png"] not in {d["_id"] for d in store.images} and store.total == 7
     assert feed.version > version  # every other session is told at once
     store.include_hidden = True
@@ -480,6 +481,7 @@ def test_hide_and_correct_are_stored_in_mongodb_and_change_the_gallery(db, seede
     fb = db.images.find_one({"_id": ids["rocket.png"]})["feedback"]
     assert fb["label"] == "missile" and fb["predicted_label"] == "space shuttle"
     assert fb["model"] == MODEL and fb["model_version"] == "1.0.0" and fb["at"] >= before
+    assert fb["user"] == "anonymous"
     assert not store.correct_label(ids["rocket.png"], "   ")  # blank is refused
     assert not store.correct_label("no-such-image", "x")
     store.refresh()
@@ -498,6 +500,25 @@ def test_hide_and_correct_are_stored_in_mongodb_and_change_the_gallery(db, seede
     assert store.clear_correction(ids["rocket.png"])
     assert store.total == 1  # "space shuttle" matches again
     assert "feedback" not in db.images.find_one({"_id": ids["rocket.png"]})
+
+
+@e2e
+def test_edits_record_the_signed_in_user(db, seeded):
+    # app.py passes pn.state.user: the name Panel's basic auth signed in (test_dashboard_auth.py).
+    store = store_for(db, seeded, user="alice")
+    ids = seeded["ids"]
+    assert store.set_hidden(ids["horse.png"], True)
+    assert db.images.find_one({"_id": ids["horse.png"]})["hidden_by"] == "alice"
+    store.user = "bob"  # whoever acts last is recorded
+    assert store.set_hidden(ids["horse.png"], False)
+    doc = db.images.find_one({"_id": ids["horse.png"]})
+    assert doc["hidden"] is False and doc["hidden_by"] == "bob"
+
+    assert store.correct_label(ids["clock.png"], "wall clock")
+    assert db.images.find_one({"_id": ids["clock.png"]})["feedback"]["user"] == "bob"
+    assert store.clear_correction(ids["clock.png"])
+    doc = db.images.find_one({"_id": ids["clock.png"]})
+    assert "feedback" not in doc and doc["feedback_cleared"]["user"] == "bob"
 
 
 @e2e
@@ -526,7 +547,7 @@ def test_corrected_labels_export_as_csv_and_json(db, seeded):
 
 @e2e
 def test_gallery_view_cards_hide_and_detail_correction(db, seeded):
-    store = store_for(db, seeded)
+    store = store_for(db, seeded, user="carol")
     ids = seeded["ids"]
     gallery = GalleryView(store=store)
     detail = DetailView(store=store)
@@ -546,7 +567,8 @@ def test_gallery_view_cards_hide_and_detail_correction(db, seeded):
     hide = card.objects[2].objects[1]
     assert hide.label == "Hide"
     hide.clicks += 1
-    assert db.images.find_one({"_id": ids["cat-1.png"]})["hidden"] is True
+    hidden = db.images.find_one({"_id": ids["cat-1.png"]})
+    assert hidden["hidden"] is True and hidden["hidden_by"] == "carol"
     assert ids["cat-1.png"] not in gallery.cards and "7 images" in gallery.summary.object
 
     # Details, then correct the label: stored, and the gallery marks it.
@@ -559,7 +581,8 @@ def test_gallery_view_cards_hide_and_detail_correction(db, seeded):
     assert list(fig.y_range.factors) == ["lab coat", "tabby", "espresso"]  # best on top
     detail.label_input.value = "cup"
     detail.save.clicks += 1
-    assert db.images.find_one({"_id": ids["coffee-1.png"]})["feedback"]["label"] == "cup"
+    feedback = db.images.find_one({"_id": ids["coffee-1.png"]})["feedback"]
+    assert feedback["label"] == "cup" and feedback["user"] == "carol"
     assert "✎ cup" in gallery.card_text(next(d for d in store.images if d["_id"] == ids["coffee-1.png"]))
     assert detail.clear.disabled is False
     detail.clear.clicks += 1
@@ -591,7 +614,7 @@ def test_failures_view_lists_dead_letters_and_retries_through_the_broker(db, see
         MONGO_DB=db.name,
         IMGFLOW_TOPIC_PREFIX=prefix,
     )
-    store = store_for(db, seeded, settings=settings)
+    store = store_for(db, seeded, settings=settings, user="dave")
     view = FailuresView(store=store)
     frame = view.table.value
     assert list(frame["image_id"]) == ["bad-1", "bad-2"]  # newest first
@@ -626,6 +649,10 @@ def test_failures_view_lists_dead_letters_and_retries_through_the_broker(db, see
     sent = asyncio.run(retry_and_read())
     assert [m["image_id"] for m in sent] == ["bad-2"]
     assert sent[0]["path"].endswith("gone.jpg")
+    assert sent[0]["attrs"]["retry_of"]["by"] == "dave"  # travels with the image
+    retried = db.failures.find_one({"_id": "bad-2"})
+    assert retried["retried_by"] == "dave" and retried["retry_id"] == sent[0]["replay_id"]
+    assert "retried_by" not in db.failures.find_one({"_id": "bad-1"})
     assert "1 image(s) sent" in store.message and "1 image(s) sent" in view.summary.object
 
 

@@ -39,6 +39,7 @@ def shared(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iter
     pipeline = Pipeline(
         services=services,
         home=root / "home",
+        image_roots=tmp_path_factory.getbasetemp(),
         extra_env={
             "IMGFLOW_UPLOAD_DIR": str(root / "uploads"),
             "IMGFLOW_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),

@@ -22,6 +22,7 @@ from faust.cli import argument, option
 
 from imgflow.app import app, settings
 from imgflow.cli import expand
+from imgflow.roots import inside_roots
 from simulator.simulator import PATTERNS
 
 EXIT_NOTHING_FOUND = 1
@@ -62,6 +63,14 @@ async def submit(
         raise SystemExit(EXIT_NOTHING_FOUND)
     model_path = str(Path(model).resolve()) if model else None
     quiet = no_progress or self.json
+    outside = [p for p in files if inside_roots(p, settings.image_root_paths) is None]
+    if outside:
+        # Workers refuse them (failure kind outside_roots); say so before they are sent.
+        self.say(
+            f"warning: {len(outside)} of {len(files)} files are outside the image roots "
+            f"(e.g. {outside[0]}); the workers will refuse them. Add their folder to IMGFLOW_IMAGE_ROOTS.",
+            file=self.stderr,
+        )
 
     watch = ResultWatch(settings) if wait else None
     if watch is not None:

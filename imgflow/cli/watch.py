@@ -14,6 +14,7 @@ from pathlib import Path
 from faust.cli import argument, option
 
 from imgflow.app import app, settings
+from imgflow.roots import inside_roots
 
 EXIT_USAGE = 1
 
@@ -61,6 +62,14 @@ async def watch(
         if root.exists() and not root.is_dir():
             self.say(f"not a folder: {root}", file=self.stderr)
             raise SystemExit(EXIT_USAGE)
+    for root in roots:
+        if inside_roots(root, settings.image_root_paths) is None:
+            # Workers refuse what they may not read (outside_roots); say so now, not per image.
+            self.say(
+                f"warning: {root} is outside the image roots; the workers will refuse its images. "
+                "Add it to IMGFLOW_WATCH_DIRS or IMGFLOW_IMAGE_ROOTS of the workers.",
+                file=self.stderr,
+            )
     recursive = settings.watch_recursive if recursive is None else recursive
     lifecycle = settings.watch_lifecycle if lifecycle is None else lifecycle
     settle = settings.watch_settle_seconds if settle is None else settle

@@ -8,6 +8,9 @@ Request: ``multipart/form-data`` with one or many file parts (any field name;
 or one image as the raw body (``curl --data-binary @cat.jpg -H 'Content-Type:
 image/jpeg' http://127.0.0.1:6066/images/?filename=cat.jpg``).
 
+With ``IMGFLOW_API_TOKEN`` set, add ``-H "Authorization: Bearer $IMGFLOW_API_TOKEN"``;
+without it the answer is ``401`` (imgflow/web/auth.py guards every write).
+
 Response ``201``::
 
     {"image_ids": ["<id>", ...],

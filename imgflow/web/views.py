@@ -6,6 +6,8 @@
 - ``GET /metrics``: Prometheus text.
 - ``GET /images/{image_id}``: the stored result from MongoDB.
 
+Who may call them: imgflow/web/auth.py (``IMGFLOW_API_TOKEN``, ``IMGFLOW_API_PROTECT_READS``).
+
 ``/counts/`` fans out: it reads the partition assignment every member shares
 through Faust's assignor (url -> changelog partitions of ``label_counts``),
 answers its own partitions in process and asks each other owner, in parallel,
@@ -27,6 +29,7 @@ from faust.web import Request, Response, View
 
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
+from imgflow.web.auth import auth_headers
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,10 @@ _store: Any = None
 def _session() -> aiohttp.ClientSession:
     global _http
     if _http is None or _http.closed:
-        _http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT))
+        # The other workers' /counts/local/ need the token when reads are protected.
+        _http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT), headers=auth_headers(settings)
+        )
     return _http
 
 
