@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from agents.acks import install as install_safe_commits
+from imgflow.broker import wait_for_broker
 from imgflow.settings import get_settings
 
 settings = get_settings()
@@ -17,6 +18,8 @@ class App(faust.App):
         # Faust creates its data dir without parents; IMGFLOW_HOME may not exist yet.
         settings.home.mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
+        # Before the producer and consumer start: they give up if the broker is not up yet.
+        await wait_for_broker(settings.bootstrap_servers)
 
 
 app = App(

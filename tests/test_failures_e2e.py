@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imgflow.embedded import free_port, start_broker
 from tests.images import photo
 from tests.support import Pipeline, path_message, produce_raw, wait_until
 
@@ -84,3 +85,34 @@ def test_a_message_over_the_size_limit_fails_its_image_and_the_batch_goes_on(
     wait_until(lambda: db.images.find_one({"_id": later[0].decode()}), 120, "the later image stored")
     assert worker.health()[0] == 200
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+def test_a_worker_started_before_the_broker_waits_for_it_and_then_works(pipeline: Pipeline, tmp_path: Path):
+    port = free_port()  # nothing listens here yet
+    broker_url = f"kafka://127.0.0.1:{port}"
+    cat = tmp_path / "cat.jpg"
+    photo().save(cat)
+    worker = pipeline.start_worker(BROKER_URL=broker_url)
+    broker = None
+    try:
+        # It keeps trying (a second attempt logged), stays alive, and does not claim to be ready.
+        wait_until(
+            lambda: worker.log_tail(200).count("waiting for the Kafka broker") >= 2,
+            timeout=60,
+            what="the worker to retry the broker",
+        )
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+        assert worker.health()[0] != 200
+
+        broker = start_broker(tmp_path / "late-broker", port=port)
+        worker.wait_ready()
+        key, value = path_message(cat, source="test")
+        asyncio.run(produce_raw(broker.bootstrap, pipeline.topic("paths"), [(key, value)]))
+        db = pipeline.mongo()
+        doc = wait_until(lambda: db.images.find_one({"_id": key.decode()}), 180, "the image stored")
+        assert doc["model"] == "efficientnet-lite0"
+        assert "is up after" in worker.log_tail(400)
+    finally:
+        pipeline.stop()  # workers first: they would otherwise shut down against a dead broker
+        if broker is not None:
+            broker.stop()
