@@ -21,7 +21,7 @@ from agents.failures import failure_for, malformed
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
 from imgflow.records import DecodedImage, MalformedMessage, Prediction, dumps, parse
-from imgflow.topics import failed_topic, predictions_topic, publish, tensors_topic
+from imgflow.topics import failed_topic, predictions_topic, publish, publish_all, tensors_topic
 from models.backends import Classifier
 from models.registry import ModelCache, spec_for
 
@@ -134,7 +134,8 @@ async def classify(stream):
             )
             predictions += preds
             failures += [failure_for("classify", item, exc) for item, exc in failed]
-        await publish(predictions_topic, [(p.image_id, dumps(p)) for p in predictions])
-        await publish(failed_topic, failures)
+        too_large = await publish(predictions_topic, [(p.image_id, dumps(p)) for p in predictions])
+        failures += [failure_for("classify", predictions[i], exc) for i, exc in too_large.items()]
+        await publish_all(failed_topic, failures)
         release(events)
         METRICS.batch_size.labels("classify").observe(len(events))

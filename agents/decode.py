@@ -32,7 +32,7 @@ from imgflow.records import (
     parse_image_path,
 )
 from imgflow.roots import require_inside_roots
-from imgflow.topics import failed_topic, paths_topic, publish, tensors_topic
+from imgflow.topics import failed_topic, paths_topic, publish, publish_all, tensors_topic
 from models.registry import spec_for
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,16 @@ async def decode(stream):
                 failures.append(malformed("decode", exc, event))
         results = await asyncio.gather(*(run(item) for item in items))
         tensors = []
+        decoded: list[ImagePath] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, DecodedImage):
                 tensors.append((item.image_id, dumps(result)))
+                decoded.append(item)
             else:
                 failures.append(failure_for("decode", item, result))
-        await publish(tensors_topic, tensors)
-        await publish(failed_topic, failures)
+        too_large = await publish(tensors_topic, tensors)
+        failures += [failure_for("decode", decoded[i], exc) for i, exc in too_large.items()]
+        await publish_all(failed_topic, failures)
         release(events)
-        METRICS.decoded.inc(len(tensors))
+        METRICS.decoded.inc(len(tensors) - len(too_large))
         METRICS.batch_size.labels("decode").observe(len(events))

@@ -39,20 +39,33 @@ def describe(exc: BaseException) -> tuple[str, str]:
     return "internal_error", f"{type(exc).__name__}: {exc}"
 
 
+#: Bounds on the free text a failure record copies from its input, so that the record
+#: stays far below the smallest allowed IMGFLOW_MAX_MESSAGE_BYTES even when the input
+#: (a huge bogus path, an error quoting a huge value) is what was too large.
+MAX_MESSAGE_CHARS = 1000
+MAX_FIELD_CHARS = 1024
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def failure_for(stage: str, item: Any, exc: BaseException) -> tuple[str, bytes]:
     """A failure record for a parsed item (ImagePath, DecodedImage, ...)."""
     kind, message = describe(exc)
-    log.info("%s failed for %s: %s (%s)", stage, item.image_id, kind, message)
+    log.info("%s failed for %s: %s (%s)", stage, item.image_id, kind, clip(message, MAX_MESSAGE_CHARS))
     record = Failure(
         image_id=item.image_id,
         stage=stage,
         kind=kind,
-        message=message,
+        message=clip(message, MAX_MESSAGE_CHARS),
         failed_at=time.time(),
-        path=getattr(item, "path", None),
-        source=getattr(item, "source", None),
-        model=getattr(item, "model", None),
-        replay_id=getattr(item, "replay_id", None),
+        path=clip(getattr(item, "path", None), MAX_FIELD_CHARS),
+        source=clip(getattr(item, "source", None), MAX_FIELD_CHARS),
+        model=clip(getattr(item, "model", None), MAX_FIELD_CHARS),
+        replay_id=clip(getattr(item, "replay_id", None), MAX_FIELD_CHARS),
         submitted_at=getattr(item, "submitted_at", None),
     )
     return item.image_id, dumps(record)
@@ -68,6 +81,7 @@ def malformed_failure(stage: str, exc: BaseException, event: Any) -> Failure:
     msg = event.message
     image_id = message_id(msg.topic, msg.partition, msg.offset)
     kind, message = describe(exc)
+    message = clip(message, MAX_MESSAGE_CHARS)
     log.warning("malformed message on %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, message)
     record = Failure(
         image_id=image_id,

@@ -16,7 +16,7 @@ from imgflow.app import app, settings
 from imgflow.metrics import METRICS
 from imgflow.records import MalformedMessage, Prediction, Stored, dumps, parse
 from imgflow.storage import Store, retry_forever
-from imgflow.topics import failed_topic, predictions_topic, publish, stored_topic
+from imgflow.topics import failed_topic, predictions_topic, publish_all, stored_topic
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ async def store(stream):
                 failures.append(malformed("store", exc, event))
         if preds:
             stored_at = await retry_forever("store predictions", partial(db.write_predictions, preds))
-            await publish(stored_topic, stored_events(preds, stored_at.timestamp()))
-        await publish(failed_topic, failures)
+            await publish_all(stored_topic, stored_events(preds, stored_at.timestamp()))
+        await publish_all(failed_topic, failures)
         release(events)
         METRICS.batch_size.labels("store").observe(len(events))
         if preds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from imgflow import consumer as safe_consumer
+from imgflow.broker import wait_for_broker
 from imgflow.settings import get_settings
 from imgflow.web.auth import token_middleware
 
@@ -19,6 +20,8 @@ class App(faust.App):
         # Faust creates its data dir without parents; IMGFLOW_HOME may not exist yet.
         settings.home.mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
+        # Before the producer and consumer start: they give up if the broker is not up yet.
+        await wait_for_broker(settings.bootstrap_servers)
 
 
 app = App(

@@ -116,9 +116,32 @@ def decode_bytes(data: bytes, file_name: str, limits: Limits) -> tuple[Image.Ima
         raise ImageRejected("decompression_bomb", str(exc)) from None
     except UnidentifiedImageError:
         raise ImageRejected("not_an_image", f"{file_name} is not an image format Pillow can read") from None
+    except NotImplementedError as exc:
+        # A plugin recognised the format but not this variant of it (DDS pixel formats,
+        # some BLP encodings): the file may be fine, Pillow just cannot decode it.
+        fmt = _format_being_opened(exc) or "its image format"
+        raise ImageRejected(
+            "unsupported_format",
+            f"{file_name} uses a variant of {fmt} that Pillow cannot decode: {exc}",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports truncated and corrupt data as OSError/SyntaxError.
         raise ImageRejected("corrupt_image", f"{file_name} is corrupt or truncated: {exc}") from None
+
+
+def _format_being_opened(exc: BaseException) -> str | None:
+    """The format name of the Pillow plugin that raised ``exc``, for the failure message.
+
+    The plugin raises from its ``_open``/``load`` before ``Image.open`` returns, so the
+    image object is only reachable through the traceback.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, ImageFile.ImageFile) and candidate.format:
+            return f"{candidate.format} ({candidate.format_description})"
+        tb = tb.tb_next
+    return None
 
 
 def decode_image(path: Path, size: tuple[int, int], resize: str, limits: Limits = Limits()) -> DecodedFile:

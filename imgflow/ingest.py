@@ -56,10 +56,10 @@ def path_message(
 
 async def submit(messages: Iterable[ImagePath]) -> list[str]:
     """Publish path messages and wait for the broker to have them; returns ids."""
-    from imgflow.topics import paths_topic, publish
+    from imgflow.topics import paths_topic, publish_all
 
     batch = list(messages)
-    await publish(paths_topic, [(m.image_id, dumps(m)) for m in batch])
+    await publish_all(paths_topic, [(m.image_id, dumps(m)) for m in batch])
     return [m.image_id for m in batch]
 
 

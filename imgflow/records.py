@@ -155,6 +155,9 @@ def _require_fields(record_type: type[faust.Record], data: dict[str, Any]) -> No
             raise MalformedMessage(f"field {name!r} must be a number, got {value!r}")
 
 
+MAX_IMAGE_ID_CHARS = 256
+
+
 def parse_image_path(raw: bytes | None, key: bytes | None, fallback_id: str) -> ImagePath:
     """Parse an ``imgflow-paths`` message from any producer.
 
@@ -166,6 +169,11 @@ def parse_image_path(raw: bytes | None, key: bytes | None, fallback_id: str) -> 
     if not data.get("image_id"):
         key_text = key.decode("utf-8", "replace").strip() if key else ""
         data["image_id"] = key_text or fallback_id
+    image_id = data["image_id"]
+    if isinstance(image_id, str) and len(image_id) > MAX_IMAGE_ID_CHARS:
+        # Every record about the image carries its id: an unbounded one could make even
+        # the failure record too large to publish.
+        raise MalformedMessage(f"image_id is {len(image_id):,} characters, over {MAX_IMAGE_ID_CHARS}")
     if not data.get("submitted_at"):
         data["submitted_at"] = time.time()
     attrs = data.get("attrs", {})

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     session_timeout: float = Field(6.0, gt=0, validation_alias=_env("IMGFLOW_SESSION_TIMEOUT"))
     heartbeat_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_HEARTBEAT_INTERVAL"))
     producer_max_batch_size: int = Field(1, ge=1, validation_alias=_env("IMGFLOW_PRODUCER_MAX_BATCH_SIZE"))
-    max_message_bytes: int = Field(8 * 2**20, ge=2**20, validation_alias=_env("IMGFLOW_MAX_MESSAGE_BYTES"))
+    # Minimum 128 KiB: failure records stay far below it (agents/failures.py bounds their text).
+    max_message_bytes: int = Field(8 * 2**20, ge=2**17, validation_alias=_env("IMGFLOW_MAX_MESSAGE_BYTES"))
     commit_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_COMMIT_INTERVAL"))
     stall_seconds: float = Field(30.0, gt=0, validation_alias=_env("IMGFLOW_STALL_SECONDS"))
 

@@ -5,6 +5,8 @@ Collections (DESIGN section 2):
 - ``predictions``: one document per (image_id, model, model_version); a
   redelivery rewrites it, a replay with another model adds one beside it.
 - ``images``: one document per image: metadata, latest prediction, user state.
+  "Latest" is by ``predicted_at``, not by arrival: a late redelivery of an older
+  result leaves a newer one in place (see :func:`prediction_ops`).
 - ``failures``: one document per image (or malformed message) that could not go on.
 """
 
@@ -27,7 +29,15 @@ T = TypeVar("T")
 
 
 def when(ts: float | None) -> datetime | None:
-    return datetime.fromtimestamp(ts, UTC) if ts else None
+    """Epoch seconds as a UTC datetime, truncated to what BSON stores (milliseconds).
+
+    Truncating here makes a time we compare with equal to the same time read back,
+    so a redelivered result is recognised as the same, not as newer.
+    """
+    if not ts:
+        return None
+    at = datetime.fromtimestamp(ts, UTC)
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 def prediction_id(image_id: str, model: str, version: str) -> str:
@@ -57,70 +67,139 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def recency(p: Prediction) -> tuple[datetime, str, str]:
+    """The order in which results replace each other in ``images``.
+
+    Newest ``predicted_at`` wins; model and version only break an exact tie, so that
+    the stored result does not depend on the order in which redeliveries arrive.
+    """
+    return (when(p.predicted_at) or _NEVER, p.model, p.model_version)
+
+
+def _older_than(p: Prediction, prefix: str) -> dict[str, Any]:
+    """A filter matching a stored document whose result :func:`recency` ranks below ``p``.
+
+    ``prefix`` is where the stored result lives (``"prediction."`` in ``images``). A
+    document without a result (or with no time) counts as oldest.
+    """
+    at = when(p.predicted_at)
+    time_field, model_field, version_field = (
+        f"{prefix}{f}" for f in ("predicted_at", "model", "model_version")
+    )
+    return {
+        "$or": [
+            {time_field: None},
+            {time_field: {"$lt": at}},
+            {time_field: at, model_field: {"$lt": p.model}},
+            {time_field: at, model_field: p.model, version_field: {"$lt": p.model_version}},
+        ]
+    }
+
+
+def _insert_or_replace_older(
+    doc_id: str, fields: dict[str, Any], on_insert: dict[str, Any], older: dict[str, Any]
+) -> list[UpdateOne]:
+    """Two updates that write ``fields`` unless the stored document holds a newer result.
+
+    A single upsert filtered on recency would try to insert a second document when the
+    stored one is newer (DuplicateKeyError on MongoDB and SecantusDB), so the work is
+    split: an insert-only upsert creates a missing document with ``fields``, and a plain
+    conditional update replaces an older one. Neither depends on the other's outcome,
+    so the pair is correct in any order and in an unordered bulk write, and writing it
+    twice changes nothing.
+    """
+    return [
+        UpdateOne({"_id": doc_id}, {"$setOnInsert": {**fields, **on_insert}}, upsert=True),
+        UpdateOne({"_id": doc_id, **older}, {"$set": fields}),
+    ]
+
+
+def _newest(preds: Iterable[Prediction], key) -> list[Prediction]:
+    """Keep the most recent prediction per document id within one batch.
+
+    Two predictions for one document in the same unordered bulk write could otherwise
+    be applied in an order the server chooses.
+    """
+    newest: dict[str, Prediction] = {}
+    for p in preds:
+        doc_id = key(p)
+        if doc_id not in newest or recency(p) > recency(newest[doc_id]):
+            newest[doc_id] = p
+    return list(newest.values())
+
+
 def prediction_ops(preds: Iterable[Prediction], stored_at: datetime) -> dict[str, list[UpdateOne]]:
-    """Upserts for one batch of predictions, keyed so redelivery rewrites in place."""
+    """Updates for one batch of predictions, one unordered bulk write per collection.
+
+    Keyed so that redelivery rewrites in place, and conditional on :func:`recency` so
+    that a late redelivery (at least once) of an older result never replaces a newer
+    one: ``images`` keeps the latest prediction of any model, ``predictions`` the latest
+    of each (image, model, version). User state (``hidden``, ``feedback``) is only
+    ever set on insert or by the user.
+    """
+    preds = list(preds)
     predictions: list[UpdateOne] = []
     images: list[UpdateOne] = []
-    for p in preds:
-        pid = prediction_id(p.image_id, p.model, p.model_version)
-        result = {
-            "label": p.label,
-            "score": p.score,
-            "top_k": p.top_k,
-            "model": p.model,
-            "model_version": p.model_version,
-            "predicted_at": when(p.predicted_at),
-        }
-        predictions.append(
-            UpdateOne(
-                {"_id": pid},
-                {
-                    "$set": {
-                        "image_id": p.image_id,
-                        **result,
-                        "inference_ms": p.inference_ms,
-                        "batch_size": p.batch_size,
-                        "path": p.path,
-                        "source": p.source,
-                        "replay_id": p.replay_id,
-                        "submitted_at": when(p.submitted_at),
-                        "stored_at": stored_at,
-                    }
-                },
-                upsert=True,
-            )
+    for p in _newest(preds, lambda p: prediction_id(p.image_id, p.model, p.model_version)):
+        result = _result(p)
+        predictions += _insert_or_replace_older(
+            prediction_id(p.image_id, p.model, p.model_version),
+            {
+                "image_id": p.image_id,
+                **result,
+                "inference_ms": p.inference_ms,
+                "batch_size": p.batch_size,
+                "path": p.path,
+                "source": p.source,
+                "replay_id": p.replay_id,
+                "submitted_at": when(p.submitted_at),
+                "stored_at": stored_at,
+            },
+            {},
+            _older_than(p, ""),
         )
+    for p in _newest(preds, lambda p: p.image_id):
         meta = p.meta
-        images.append(
-            UpdateOne(
-                {"_id": p.image_id},
-                {
-                    "$set": {
-                        "image_id": p.image_id,
-                        "path": p.path,
-                        "source": p.source,
-                        "file_name": meta.file_name,
-                        "width": meta.width,
-                        "height": meta.height,
-                        "format": meta.format,
-                        "bytes": meta.bytes,
-                        "sha256": meta.sha256,
-                        "submitted_at": when(p.submitted_at),
-                        "prediction": result,
-                        # Flattened copies serve the dashboard's indexed filters.
-                        "label": p.label,
-                        "score": p.score,
-                        "model": p.model,
-                        "model_version": p.model_version,
-                        "updated_at": stored_at,
-                        "attrs": p.attrs,
-                    },
-                    "$setOnInsert": {"created_at": stored_at, "hidden": False},
-                },
-                upsert=True,
-            )
+        images += _insert_or_replace_older(
+            p.image_id,
+            {
+                "image_id": p.image_id,
+                "path": p.path,
+                "source": p.source,
+                "file_name": meta.file_name,
+                "width": meta.width,
+                "height": meta.height,
+                "format": meta.format,
+                "bytes": meta.bytes,
+                "sha256": meta.sha256,
+                "submitted_at": when(p.submitted_at),
+                "prediction": _result(p),
+                # Flattened copies serve the dashboard's indexed filters.
+                "label": p.label,
+                "score": p.score,
+                "model": p.model,
+                "model_version": p.model_version,
+                "updated_at": stored_at,
+                "attrs": p.attrs,
+            },
+            {"created_at": stored_at, "hidden": False},
+            _older_than(p, "prediction."),
         )
     return {"predictions": predictions, "images": images}
+
+
+def _result(p: Prediction) -> dict[str, Any]:
+    return {
+        "label": p.label,
+        "score": p.score,
+        "top_k": p.top_k,
+        "model": p.model,
+        "model_version": p.model_version,
+        "predicted_at": when(p.predicted_at),
+    }
 
 
 def failure_ops(failures: Iterable[Failure]) -> list[UpdateOne]:

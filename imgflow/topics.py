@@ -7,7 +7,13 @@ re-raises value decode errors inside the agent).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 from imgflow.app import app, settings
+
+log = logging.getLogger(__name__)
 
 
 def _topic(stage: str):
@@ -36,14 +42,64 @@ ALL_TOPICS = {
 }
 
 
-async def publish(topic, messages: list[tuple[str, bytes]]) -> None:
+class MessageTooLarge(Exception):
+    """An output over the producer's or the broker's size limit.
+
+    It fails that one image (kind ``message_too_large``), not the batch: the same
+    message would be refused on every retry, so raising would stall the stage.
+    """
+
+    kind = "message_too_large"
+
+
+def _too_large(exc: BaseException) -> bool:
+    """aiokafka refuses at send time (over ``max_request_size``, wrapped by Faust in
+    ``ProducerSendError``) or the broker refuses the produce request (the future fails)."""
+    from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+    limits = (MessageSizeTooLargeError, RecordListTooLargeError)
+    return isinstance(exc, limits) or isinstance(exc.__cause__, limits)
+
+
+async def publish(topic, messages: list[tuple[str, bytes]]) -> dict[int, MessageTooLarge]:
     """Send ``(key, value)`` pairs and wait until the broker has them all.
 
     Stages call this before their batch is acknowledged, so an input offset is
-    never committed past an output that was not delivered.
+    never committed past an output that was not delivered. Messages refused as
+    too large are returned by their index, for the caller to turn into failure
+    records; every other error is raised (the batch is not acknowledged).
     """
-    import asyncio
+    limit = settings.max_message_bytes
+    rejected: dict[int, MessageTooLarge] = {}
+    pending: dict[int, Any] = {}
+    for i, (key, value) in enumerate(messages):
+        try:
+            pending[i] = await topic.send(key=key.encode(), value=value)
+        except Exception as exc:
+            if not _too_large(exc):
+                raise
+            rejected[i] = MessageTooLarge(
+                f"its {topic.get_topic_name()} message is {len(value):,} bytes, over the "
+                f"{limit:,}-byte limit (IMGFLOW_MAX_MESSAGE_BYTES)"
+            )
+    results = await asyncio.gather(*pending.values(), return_exceptions=True)
+    for i, result in zip(pending, results, strict=True):
+        if isinstance(result, BaseException):
+            if not _too_large(result):
+                raise result
+            rejected[i] = MessageTooLarge(
+                f"the broker refused its {topic.get_topic_name()} message of {len(messages[i][1]):,} "
+                f"bytes as too large: {result}"
+            )
+    for i, exc in rejected.items():
+        log.warning("not sent to %s: %s: %s", topic.get_topic_name(), messages[i][0], exc)
+    return rejected
 
-    futures = [await topic.send(key=key.encode(), value=value) for key, value in messages]
-    if futures:
-        await asyncio.gather(*futures)
+
+async def publish_all(topic, messages: list[tuple[str, bytes]]) -> None:
+    """:func:`publish` for outputs that are small by construction (failure records,
+    stored events): a refusal there is a bug or a limit set below the documented
+    minimum, so it is raised instead of being turned into another message."""
+    rejected = await publish(topic, messages)
+    if rejected:
+        raise next(iter(rejected.values()))

@@ -83,3 +83,22 @@ def bad_inputs(folder: Path, bomb_pixels: int) -> dict[str, tuple[Path, str]]:
     folder_path.mkdir(exist_ok=True)
     out["directory"] = (folder_path, "not_a_file")
     return out
+
+
+def dds_with_unknown_pixel_format(path: Path) -> Path:
+    """A DDS file whose header names a FourCC Pillow has no decoder for.
+
+    Pillow's DDS plugin recognises the file and then raises ``NotImplementedError``
+    (not ``OSError``), which is how several plugins report a variant they cannot read.
+    """
+    import struct
+
+    width = height = 4
+    header = struct.pack("<7I", 124, 0x1007, height, width, 0, 0, 0)  # size, flags, h, w, pitch...
+    header += b"\x00" * 44  # reserved
+    ddpf_fourcc = 0x4
+    header += struct.pack("<4I", 32, ddpf_fourcc, int.from_bytes(b"ZZZZ", "little"), 0)
+    header += b"\x00" * 40  # masks, caps
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"DDS " + header + b"\x00" * (width * height * 4))
+    return path

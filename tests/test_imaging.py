@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from imgflow.imaging import ImageRejected, Limits, decode_image
-from tests.images import bad_inputs, odd_images
+from tests.images import bad_inputs, dds_with_unknown_pixel_format, odd_images
 
 LIMITS = Limits(max_file_bytes=5 * 2**20, max_pixels=4_000_000)
 
@@ -70,3 +70,24 @@ def test_sixteen_bit_greyscale_keeps_its_range(folder: Path):
     Image.fromarray(ramp).save(path)
     out = decode_image(path, (16, 256), "stretch", LIMITS)
     assert out.tensor[..., 0].min() <= 2 and out.tensor[..., 0].max() >= 253
+
+
+def test_a_format_variant_pillow_cannot_decode_is_unsupported_format(folder: Path):
+    """Pillow raises NotImplementedError for it; that must not end as an internal error."""
+    import json
+
+    from agents.failures import failure_for
+    from imgflow.records import ImagePath
+
+    path = dds_with_unknown_pixel_format(folder / "texture.dds")
+    with pytest.raises(ImageRejected) as info:
+        decode_image(path, (224, 224), "center_crop", LIMITS)
+    assert info.value.kind == "unsupported_format"
+    assert "texture.dds" in info.value.message and "DDS" in info.value.message
+
+    item = ImagePath(image_id="dds-1", path=str(path), source="test", submitted_at=1.0)
+    key, value = failure_for("decode", item, info.value)
+    record = json.loads(value)
+    assert key == "dds-1"
+    assert record["kind"] == "unsupported_format" and record["stage"] == "decode"
+    assert record["message"] == info.value.message and record["path"] == str(path)

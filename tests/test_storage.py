@@ -1,0 +1,156 @@
+"""MongoDB writes against the real MongoDB-protocol server: redelivery never goes back in time.
+
+Delivery is at least once, so a result can arrive again after a newer one (a
+redelivered batch, a replay of an older model version). ``images`` must keep the
+newest prediction whatever the arrival order, ``predictions`` keeps one document
+per (image, model, version), and user state is never touched by the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from pymongo import MongoClient
+
+from imgflow.records import ImageMeta, Prediction
+from imgflow.storage import Store, prediction_id
+
+# Store clients are bound to one event loop: fixtures and tests share the session loop.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+T0 = 1_795_000_000.123456  # sub-millisecond digits: BSON keeps milliseconds
+
+
+@pytest.fixture(scope="module")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The MongoDB-protocol server only (no broker, no model): ``MONGO_URL`` or SecantusDB."""
+    from imgflow.embedded import start_mongo
+
+    if os.environ.get("MONGO_URL"):
+        yield os.environ["MONGO_URL"]
+        return
+    root = tmp_path_factory.mktemp("storage")
+    mongo = start_mongo(root / "mongo", root / "logs")
+    try:
+        yield mongo.url
+    finally:
+        mongo.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store(mongo_url: str) -> AsyncIterator[Store]:
+    s = Store(mongo_url, f"imgflow_storage_{uuid.uuid4().hex[:8]}")
+    await s.ensure_indexes()
+    yield s
+    await s.client.drop_database(s.db.name)
+    await s.close()
+
+
+@pytest.fixture
+def db(store: Store, mongo_url: str):
+    client: MongoClient = MongoClient(mongo_url, tz_aware=True)
+    yield client[store.db.name]
+    client.close()
+
+
+def prediction(
+    image_id: str, version: str, predicted_at: float, label: str, model: str = "net", replay_id=None
+) -> Prediction:
+    return Prediction(
+        image_id=image_id,
+        path=f"/data/{image_id}.jpg",
+        source="test",
+        submitted_at=T0 - 100,
+        predicted_at=predicted_at,
+        label=label,
+        score=0.9,
+        top_k=[{"label": label, "score": 0.9}],
+        model=model,
+        model_version=version,
+        inference_ms=3.0,
+        batch_size=1,
+        meta=ImageMeta(
+            file_name=f"{image_id}.jpg", width=4, height=3, format="JPEG", bytes=10, sha256="0" * 64
+        ),
+        replay_id=replay_id,
+    )
+
+
+async def test_late_redelivery_of_an_older_version_does_not_overwrite_the_newer(store: Store, db):
+    v2 = prediction("img", "2.0", T0 + 10, "tabby")
+    v1 = prediction("img", "1.0", T0, "tiger cat")
+    await store.write_predictions([v2])
+    db.images.update_one({"_id": "img"}, {"$set": {"hidden": True, "feedback": {"label": "lynx"}}})
+    before = db.images.find_one({"_id": "img"})
+
+    await store.write_predictions([v1])  # the late redelivery
+
+    assert db.images.find_one({"_id": "img"}) == before
+    assert before["model_version"] == "2.0" and before["label"] == "tabby"
+    assert before["prediction"]["label"] == "tabby"
+    # Every version is kept beside the others.
+    versions = {d["model_version"]: d["label"] for d in db.predictions.find({"image_id": "img"})}
+    assert versions == {"1.0": "tiger cat", "2.0": "tabby"}
+
+
+async def test_a_newer_result_replaces_the_older_and_keeps_user_state(store: Store, db):
+    await store.write_predictions([prediction("img", "1.0", T0, "tiger cat")])
+    db.images.update_one({"_id": "img"}, {"$set": {"hidden": True, "feedback": {"label": "lynx"}}})
+    created = db.images.find_one({"_id": "img"})["created_at"]
+
+    await store.write_predictions([prediction("img", "2.0", T0 + 10, "tabby")])
+
+    doc = db.images.find_one({"_id": "img"})
+    assert (doc["model_version"], doc["label"], doc["prediction"]["label"]) == ("2.0", "tabby", "tabby")
+    assert doc["hidden"] is True and doc["feedback"] == {"label": "lynx"}
+    assert doc["created_at"] == created
+    assert db.predictions.count_documents({"image_id": "img"}) == 2
+
+
+async def test_redelivery_of_the_same_result_changes_nothing(store: Store, db):
+    p = prediction("img", "1.0", T0, "tabby")
+    await store.write_predictions([p])
+    images, predictions = db.images.find_one({"_id": "img"}), db.predictions.find_one({"image_id": "img"})
+
+    await store.write_predictions([p])
+
+    assert db.images.find_one({"_id": "img"}) == images
+    assert list(db.predictions.find({"image_id": "img"})) == [predictions]
+
+
+async def test_an_older_prediction_of_the_same_version_does_not_overwrite_a_newer_one(store: Store, db):
+    newer = prediction("img", "1.0", T0 + 5, "tabby", replay_id="replay-2")
+    older = prediction("img", "1.0", T0, "tiger cat")
+    await store.write_predictions([newer])
+    await store.write_predictions([older])
+
+    assert db.images.find_one({"_id": "img"})["label"] == "tabby"
+    stored = db.predictions.find_one({"_id": prediction_id("img", "net", "1.0")})
+    assert (stored["label"], stored["replay_id"]) == ("tabby", "replay-2")
+
+
+async def test_one_batch_holding_old_and_new_results_keeps_the_newest(store: Store, db):
+    old = prediction("img", "1.0", T0, "tiger cat")
+    new = prediction("img", "2.0", T0 + 1, "tabby")
+    same_version_older = prediction("img", "2.0", T0 + 0.5, "lynx")
+    await store.write_predictions([new, old, same_version_older])
+
+    assert db.images.find_one({"_id": "img"})["label"] == "tabby"
+    assert db.predictions.find_one({"_id": prediction_id("img", "net", "2.0")})["label"] == "tabby"
+    assert db.images.count_documents({}) == 1 and db.predictions.count_documents({}) == 2
+
+
+async def test_an_exact_tie_ends_the_same_whatever_the_arrival_order(store: Store, db):
+    a = prediction("one", "1.0", T0, "from-a", model="alpha")
+    b = prediction("one", "1.0", T0, "from-b", model="beta")
+    await store.write_predictions([a])
+    await store.write_predictions([b])
+    await store.write_predictions([prediction("two", "1.0", T0, "from-b", model="beta")])
+    await store.write_predictions([prediction("two", "1.0", T0, "from-a", model="alpha")])
+
+    assert db.images.find_one({"_id": "one"})["label"] == "from-b"
+    assert db.images.find_one({"_id": "two"})["label"] == "from-b"
