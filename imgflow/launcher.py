@@ -49,9 +49,9 @@ class Stack:
     services: list[Service] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
 
-    def spawn(self, name: str, argv: list[str], port: int = 0) -> Service:
+    def spawn(self, name: str, argv: list[str], port: int = 0, **env: str) -> Service:
         svc = Service(name, port, self.home / "logs" / f"{name}.log")
-        svc.start(argv, env=self.env)
+        svc.start(argv, env={**self.env, **env})
         self.services.append(svc)
         return svc
 
@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.workers):
             port = port_or_free(settings.web_port + i)
             web_ports.append(port)
-            stack.spawn(f"worker{i + 1}", worker_argv(port), port)
+            # RocksDB locks a data dir per process: worker N keeps its own across demos, under
+            # IMGFLOW_DATA_DIR if set, else IMGFLOW_HOME/faust.
+            data_dir = (settings.data_dir or home / "faust") / f"worker{i + 1}"
+            stack.spawn(f"worker{i + 1}", worker_argv(port), port, IMGFLOW_DATA_DIR=str(data_dir))
         inbox = home / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
         stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
