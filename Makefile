@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/model.toml
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser demo test test-fast lint format bench clean
+.PHONY: help install model browser demo test test-fast lint format bench bench-recovery clean
 
 help: ## List the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ format: $(STAMP) ## Apply ruff formatting and safe fixes
 
 bench: $(STAMP) $(MODEL_SPEC) ## End-to-end throughput benchmark on the embedded stack
 	$(BIN)/python -m benchmarks.throughput
+
+bench-recovery: $(STAMP) $(MODEL_SPEC) ## Worker restart with ~100k table keys: memory:// vs rocksdb://
+	$(BIN)/python -m benchmarks.recovery
 
 clean: ## Remove the virtual environment and local state (var/)
 	rm -rf $(VENV) var
