@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -113,6 +114,18 @@ class Start:
     ready: float
     served: float
     replayed: int
+    counts_request: float = 0.0
+
+
+def counts_request_seconds(port: int, n: int = 5) -> float:
+    """Median time of one ``/counts/`` answer (it reads every key of the count tables)."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        status, _ = get(port, "/counts/?windows=10")
+        assert status == 200
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def timed_start(
@@ -189,6 +202,7 @@ def run_store(store: str, keys: int, broker, mongo, spec: Path, home: Path) -> t
     first, cold = timed_start(f"{prefix}-first", env, home, images)
     first.stop(timeout=120)  # SIGTERM
     again, warm = timed_start(f"{prefix}-restart", env, home, images)
+    warm.counts_request = counts_request_seconds(again.port)
     again.stop(timeout=120)
     return cold, warm, records
 
@@ -210,7 +224,8 @@ def main() -> int:
             print(
                 f"{store:<11} {records} changelog records ({args.keys} keys): first start ready "
                 f"{cold.ready:.1f}s, served {cold.served:.1f}s, read {cold.replayed}; restart ready "
-                f"{warm.ready:.1f}s, served {warm.served:.1f}s, read {warm.replayed}",
+                f"{warm.ready:.1f}s, served {warm.served:.1f}s, read {warm.replayed}; "
+                f"one /counts/ request {warm.counts_request:.2f}s",
                 flush=True,
             )
     finally:
