@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/model.toml
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser demo test test-fast lint format bench soak clean
+.PHONY: help install model browser demo test test-fast lint format bench bench-recovery soak clean
 
 help: ## List the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: $(STAMP) $(MODEL_SPEC) ## End-to-end throughput benchmark on the embedded
 
 soak: $(STAMP) $(MODEL_SPEC) ## Kill/stop workers and MongoDB under load; check exactly-once and no stall (SOAK_ARGS="--runs 5")
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
+
+bench-recovery: $(STAMP) $(MODEL_SPEC) ## Worker restart with ~100k table keys: memory:// vs rocksdb://
+	$(BIN)/python -m benchmarks.recovery
 
 clean: ## Remove the virtual environment and local state (var/)
 	rm -rf $(VENV) var

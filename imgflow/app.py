@@ -18,7 +18,7 @@ safe_consumer.install()
 class App(faust.App):
     async def on_first_start(self) -> None:
         # Faust creates its data dir without parents; IMGFLOW_HOME may not exist yet.
-        settings.home.mkdir(parents=True, exist_ok=True)
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
         # Before the producer and consumer start: they give up if the broker is not up yet.
         await wait_for_broker(settings.bootstrap_servers)
@@ -27,10 +27,11 @@ class App(faust.App):
 app = App(
     settings.app_id,
     broker=settings.broker_url,
-    store="memory://",
+    # Tables on local disk (RocksDB via rocksdict) unless IMGFLOW_TABLE_STORE=memory://.
+    store=settings.table_store,
     origin="imgflow",
     autodiscover=["agents", "tables", "imgflow.web", "imgflow.cli", "imgflow.liveness"],
-    datadir=str(settings.home / "faust"),
+    datadir=settings.faust_datadir,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     # At least once with idempotent sinks: the embedded broker has no

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        embedded_broker = not os.environ.get("BROKER_URL")
         start_infrastructure(stack, settings)
         ensure_model(settings)
         from simulator.dataset import write_dataset
@@ -165,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.workers):
             port = port_or_free(settings.web_port + i)
             web_ports.append(port)
-            stack.spawn(f"worker{i + 1}", worker_argv(port), port)
+            # RocksDB locks a data dir per process: worker N keeps its own across demos, under
+            # IMGFLOW_DATA_DIR if set, else IMGFLOW_HOME/faust.
+            data_dir = (settings.data_dir or home / "faust") / f"worker{i + 1}"
+            if embedded_broker:
+                # A new embedded broker starts empty (memory only): tables kept from the last
+                # one are ahead of its changelogs, and Faust refuses to start on them.
+                shutil.rmtree(data_dir, ignore_errors=True)
+            stack.spawn(f"worker{i + 1}", worker_argv(port), port, env={"IMGFLOW_DATA_DIR": str(data_dir)})
         stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
         stack.spawn(
             "simulator",

@@ -30,6 +30,12 @@ class Metrics:
         self.recounted = Counter(
             "imgflow_labels_recounted", "Redelivered stored results not counted again.", registry=r
         )
+        self.changelog_recovered = Counter(
+            "imgflow_table_changelog_recovered",
+            "Changelog records read to rebuild tables (all of them with memory://, the tail with rocksdb://).",
+            ["table"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "imgflow_batch_size",
             "Messages per processed batch.",

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_pixels: int = Field(64_000_000, ge=1, validation_alias=_env("IMGFLOW_MAX_PIXELS"))
 
     # Live counts
+    #: Faust table store: ``rocksdb://`` keeps tables on local disk, so a restarted worker reads
+    #: only the changelog's tail; ``memory://`` rebuilds them from the whole changelog.
+    table_store: str = Field("rocksdb://", validation_alias=_env("IMGFLOW_TABLE_STORE"))
+    #: This worker's own state (RocksDB tables). RocksDB locks it per process: one per worker.
+    data_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_DATA_DIR"))
     window_seconds: float = Field(60.0, gt=0, validation_alias=_env("IMGFLOW_WINDOW_SECONDS"))
     window_step: float | None = Field(None, validation_alias=_env("IMGFLOW_WINDOW_STEP"))
     window_expires: float = Field(3600.0, gt=0, validation_alias=_env("IMGFLOW_WINDOW_EXPIRES"))
@@ -80,6 +85,16 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(8 * 2**20, ge=2**17, validation_alias=_env("IMGFLOW_MAX_MESSAGE_BYTES"))
     commit_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_COMMIT_INTERVAL"))
     stall_seconds: float = Field(30.0, gt=0, validation_alias=_env("IMGFLOW_STALL_SECONDS"))
+
+    @field_validator("table_store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        value = value.strip()
+        if "://" not in value:
+            value += "://"
+        if value.split("://", 1)[0] not in {"rocksdb", "memory"}:
+            raise ValueError("IMGFLOW_TABLE_STORE must be rocksdb:// or memory://")
+        return value
 
     @field_validator("broker_url")
     @classmethod
@@ -105,6 +120,19 @@ class Settings(BaseSettings):
         if self.model is not None:
             return self.model
         return self.home / "models" / "efficientnet-lite0" / "model.toml"
+
+    @property
+    def faust_datadir(self) -> str:
+        """Faust's data directory (tables live in ``<it>/v1/tables``).
+
+        Unset, it is one directory per web port under ``IMGFLOW_HOME/faust``: two workers on one
+        machine never share RocksDB files (each must bind its own port), and a worker restarted
+        on the same port finds its state again. Faust fills in ``{conf.web_port}`` when it opens
+        the tables, after ``faust worker --web-port`` has set it.
+        """
+        if self.data_dir is not None:
+            return str(self.data_dir)
+        return str(self.home / "faust" / "worker-{conf.web_port}")
 
     @property
     def upload_path(self) -> Path:

@@ -16,6 +16,7 @@ window holds what was stored during it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ MALFORMED = b"\x00malformed"
 
 def windowed_counter(name: str, help: str):
     """A windowed int table on the label partitions, windows by the event's timestamp."""
+
+    async def on_changelog_event(event) -> None:
+        METRICS.changelog_recovered.labels(name).inc()
+
     table = app.Table(
         name,
         default=int,
@@ -43,12 +48,15 @@ def windowed_counter(name: str, help: str):
         key_type=str,
         value_type=int,
         help=help,
+        on_changelog_event=on_changelog_event,
     )
     if settings.window_step:
         table = table.hopping(settings.window_seconds, settings.window_step, expires=settings.window_expires)
     else:
         table = table.tumbling(settings.window_seconds, expires=settings.window_expires)
-    return table.relative_to_stream()
+    table = table.relative_to_stream()
+    table.table.on_recover(lambda: schedule_expiry(table.table))
+    return table
 
 
 label_counts = windowed_counter("label_counts", "Images stored per label per window.")
@@ -58,6 +66,22 @@ label_model_counts = windowed_counter(
 #: Which stored results each window has already counted: a redelivered or
 #: re-stored result (at-least-once, DESIGN section 8) is not counted twice.
 counted = windowed_counter("label_counted", "Stored results already counted, per window.")
+
+
+async def schedule_expiry(table) -> None:
+    """Let windows that were not counted in this process expire too.
+
+    Faust schedules a window key for expiry only when an agent sets it, never when the key
+    comes back from the changelog or (with ``rocksdb://``) was already on disk, so after a
+    restart those windows would stay forever. After each recovery, every key this worker now
+    holds is scheduled again; keys already scheduled are harmless duplicates.
+    """
+    for n, key in enumerate(list(table.data.keys())):
+        label_part, span = key
+        window = (label_part, (float(span[0]), float(span[1])))  # RocksDB decodes tuples as lists
+        table._maybe_set_key_ttl(window, partition_of(label_part.partition(SEP)[0]))
+        if n % 1000 == 999:
+            await asyncio.sleep(0)  # keep heart-beating through a large table
 
 
 def label_key(value: bytes) -> bytes:

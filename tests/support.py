@@ -82,10 +82,19 @@ class Pipeline:
         return env
 
     def start_worker(self, **extra: str) -> Worker:
+        """A new worker: a new number, so its own log and data directory (RocksDB tables)."""
         worker = Worker(self, len(self.workers) + 1, extra)
         worker.start()
         self.workers.append(worker)
         return worker
+
+    def restart_worker(self, worker: Worker, **extra: str) -> Worker:
+        """Stop ``worker`` (SIGTERM) and start it again on the same node: same number, same data dir."""
+        worker.stop()
+        again = Worker(self, worker.number, {**worker.extra_env, **extra})
+        again.start()
+        self.workers.append(again)
+        return again
 
     def run(self, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
         """Run an app command (``faust -A imgflow ...``) to completion."""
@@ -129,10 +138,16 @@ class Worker:
     def log_path(self) -> Path:
         return self.pipeline.home / f"worker{self.number}.log"
 
+    @property
+    def data_dir(self) -> Path:
+        """RocksDB locks its files per process: each worker number has its own."""
+        return self.pipeline.home / "data" / f"worker{self.number}"
+
     def start(self) -> None:
         self.port = free_port()
         self.service = Service(f"worker{self.number}", self.port, self.log_path)
-        self.service.start(worker_argv(self.port), env=self.pipeline.env(**self.extra_env))
+        env = self.pipeline.env(**{"IMGFLOW_DATA_DIR": str(self.data_dir), **self.extra_env})
+        self.service.start(worker_argv(self.port), env=env)
 
     def get(self, path: str, timeout: float = 10, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         status, _headers, body = self.request("GET", path, timeout=timeout, headers=headers)
@@ -170,6 +185,18 @@ class Worker:
             wait_until(ready, timeout, f"worker {self.number} ready")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.log_tail()}") from None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from this worker's ``/metrics`` (0 when the series has no sample yet)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
 
     def log_tail(self, lines: int = 40) -> str:
         try:

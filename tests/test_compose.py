@@ -406,6 +406,21 @@ def test_image_folders_are_on_one_shared_volume(
             assert any(path.is_relative_to(r) for r in roots), f"{name}: workers would refuse {path}"
 
 
+def test_each_worker_replica_keeps_its_own_table_state(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RocksDB locks its files per process: replicas must not share a data dir on a volume."""
+    worker = services["worker"]
+    settings = settings_for(environment(worker), monkeypatch)
+    assert settings.table_store == "rocksdb://"
+    assert settings.data_dir is not None, "worker: IMGFLOW_DATA_DIR is not set"
+    data_dir = PurePosixPath(settings.data_dir.as_posix())
+    for _, target in mounts(worker):
+        assert not data_dir.is_relative_to(PurePosixPath(target)), f"worker: {data_dir} is on a shared volume"
+    # The runtime user owns it: the Dockerfile's home directory.
+    assert data_dir.is_relative_to("/home/imgflow")
+
+
 # Dockerfile ------------------------------------------------------------------------------
 
 

@@ -42,8 +42,15 @@ def counts(worker) -> dict:
     return body
 
 
-def test_counts_are_cluster_wide_windowed_and_recovered(pipeline: Pipeline, tmp_path: Path):
-    pipeline.extra_env.update({"IMGFLOW_WINDOW_SECONDS": str(WINDOW), "IMGFLOW_WINDOW_EXPIRES": "600"})
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_counts_are_cluster_wide_windowed_and_recovered(pipeline: Pipeline, tmp_path: Path, store: str):
+    pipeline.extra_env.update(
+        {
+            "IMGFLOW_WINDOW_SECONDS": str(WINDOW),
+            "IMGFLOW_WINDOW_EXPIRES": "600",
+            "IMGFLOW_TABLE_STORE": store,
+        }
+    )
     dataset = write_dataset(tmp_path / "dataset")
     a = pipeline.start_worker()
     b = pipeline.start_worker()

@@ -37,3 +37,17 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("IMGFLOW_PARTITIONS", "0")
     with pytest.raises(ValueError, match="IMGFLOW_PARTITIONS"):
         Settings()
+
+
+def test_tables_are_durable_by_default_one_directory_per_worker(monkeypatch: pytest.MonkeyPatch):
+    s = Settings()
+    assert s.table_store == "rocksdb://"
+    # Faust fills in the worker's web port: two workers on one machine never share RocksDB files.
+    assert s.faust_datadir == str(Path("var/faust/worker-{conf.web_port}"))
+    monkeypatch.setenv("IMGFLOW_TABLE_STORE", "memory")
+    monkeypatch.setenv("IMGFLOW_DATA_DIR", "/state/worker1")
+    s = Settings()
+    assert s.table_store == "memory://" and s.faust_datadir == "/state/worker1"
+    monkeypatch.setenv("IMGFLOW_TABLE_STORE", "redis://")
+    with pytest.raises(ValueError, match="IMGFLOW_TABLE_STORE"):
+        Settings()
