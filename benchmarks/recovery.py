@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import shutil
 import statistics
 import sys
@@ -32,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgflow.embedded import Service, free_port, start_broker, start_mongo, worker_argv
+from imgflow.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
 from models.efficientnet_lite import build_default_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,22 +177,19 @@ def replayed(port: int) -> int:
 def run_store(store: str, keys: int, broker, mongo, spec: Path, home: Path) -> tuple[Start, Start, int]:
     prefix = f"rec{uuid.uuid4().hex[:6]}"
     app_id = f"imgflow-{prefix}"
-    env = {
-        **os.environ,
-        "BROKER_URL": broker.url,
-        "MONGO_URL": mongo.url,
-        "MONGO_DB": prefix,
-        "IMGFLOW_APP_ID": app_id,
-        "IMGFLOW_TOPIC_PREFIX": prefix,
-        "IMGFLOW_HOME": str(home),
-        "IMGFLOW_MODEL": str(spec),
-        "IMGFLOW_PARTITIONS": str(PARTITIONS),
-        "IMGFLOW_TABLE_STORE": store,
-        "IMGFLOW_DATA_DIR": str(home / prefix / "data"),
-        "IMGFLOW_WINDOW_SECONDS": str(WINDOW),
-        "IMGFLOW_WINDOW_EXPIRES": str(7 * 86400),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    env = deployment_env(
+        broker.url,
+        mongo.url,
+        prefix,
+        home,
+        spec,
+        IMGFLOW_APP_ID=app_id,
+        IMGFLOW_PARTITIONS=str(PARTITIONS),
+        IMGFLOW_TABLE_STORE=store,
+        IMGFLOW_DATA_DIR=str(home / prefix / "data"),
+        IMGFLOW_WINDOW_SECONDS=str(WINDOW),
+        IMGFLOW_WINDOW_EXPIRES=str(7 * 86400),
+    )
     # The worker declares its topics (the changelogs with their partitions), then stops.
     declare, _ = timed_start(f"{prefix}-declare", env, home, images=0)
     declare.stop(timeout=60)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from imgflow.embedded import Mongo, Service, free_port, start_broker, start_mongo, worker_argv
+from imgflow.embedded import Mongo, Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
 from models.efficientnet_lite import build_default_model
 from simulator.dataset import write_dataset
 
@@ -162,22 +161,18 @@ async def soak_once(run: Run, home: Path, spec: Path, dataset: list[Path]) -> di
     broker = start_broker(home / "logs")
     mongo: Mongo = start_mongo(home / "mongo", home / "logs")
     prefix = f"soak{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "BROKER_URL": broker.url,
-        "MONGO_URL": mongo.url,
-        "MONGO_DB": prefix,
-        "IMGFLOW_APP_ID": prefix,
-        "IMGFLOW_TOPIC_PREFIX": prefix,
-        "IMGFLOW_HOME": str(home),
-        "IMGFLOW_MODEL": str(spec),
-        "IMGFLOW_PARTITIONS": str(PARTITIONS),
-        "IMGFLOW_IMAGE_ROOTS": str(home),
+    env = deployment_env(
+        broker.url,
+        mongo.url,
+        prefix,
+        home,
+        spec,
+        IMGFLOW_PARTITIONS=str(PARTITIONS),
+        IMGFLOW_IMAGE_ROOTS=str(home),
         # One window for the whole soak, so its total is comparable with the stored total.
-        "IMGFLOW_WINDOW_SECONDS": "86400",
-        "IMGFLOW_WINDOW_EXPIRES": "172800",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+        IMGFLOW_WINDOW_SECONDS="86400",
+        IMGFLOW_WINDOW_EXPIRES="172800",
+    )
     workers = [Worker(f"worker{i + 1}", env, home) for i in range(2)]
     client: Any = MongoClient(mongo.url, tz_aware=True, serverSelectionTimeoutMS=60_000)
     db = client[prefix]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from imgflow.embedded import Service, free_port, start_broker, start_mongo, worker_argv
+from imgflow.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
 from models.efficientnet_lite import build_default_model
 from simulator.dataset import write_dataset
 
@@ -105,18 +104,7 @@ def main() -> int:
         for config in args.configs.split(","):
             n_workers, batch = (int(x) for x in config.split("x"))
             prefix = f"bench{uuid.uuid4().hex[:6]}"
-            env = {
-                **os.environ,
-                "BROKER_URL": broker.url,
-                "MONGO_URL": mongo.url,
-                "MONGO_DB": prefix,
-                "IMGFLOW_APP_ID": prefix,
-                "IMGFLOW_TOPIC_PREFIX": prefix,
-                "IMGFLOW_HOME": str(home),
-                "IMGFLOW_MODEL": str(spec),
-                "IMGFLOW_BATCH_SIZE": str(batch),
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-            }
+            env = deployment_env(broker.url, mongo.url, prefix, home, spec, IMGFLOW_BATCH_SIZE=str(batch))
             workers: list[Service] = []
             try:
                 for _ in range(n_workers):

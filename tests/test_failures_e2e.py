@@ -14,6 +14,7 @@ import pytest
 from imgflow.embedded import free_port, start_broker
 from tests.images import photo
 from tests.support import Pipeline, path_message, produce_raw, wait_until
+from tests.tiny_model import redblue_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -23,25 +24,9 @@ SMALL_LIMIT = 128 * 1024
 
 def small_model_spec(folder: Path) -> Path:
     """A real Keras classifier with a 32x32 input: its tensor messages are ~4 KB."""
-    import keras
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
-    inputs = keras.Input((32, 32, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-    outputs = keras.layers.Dense(2, activation="softmax")(pooled)
-    model = keras.Model(inputs, outputs)
-    weights = np.array([[20.0, -20.0], [0.0, 0.0], [-20.0, 20.0]], dtype=np.float32)
-    model.layers[-1].set_weights([weights, np.zeros(2, dtype=np.float32)])
-    model.save(folder / "small.keras")
-    (folder / "labels.txt").write_text("reddish\nbluish\n")
-    spec = folder / "model.toml"
-    spec.write_text(
-        'name = "small"\nversion = "1.0.0"\nformat = "keras"\nartefact = "small.keras"\n'
-        'input_size = [32, 32]\nresize = "stretch"\npreprocessing = "unit"\n'
-        'output = "softmax"\nlabels_file = "labels.txt"\ntop_k = 2\n'
+    return redblue_spec(
+        folder, name="small", version="1.0.0", labels=("reddish", "bluish"), size=32, resize="stretch"
     )
-    return spec
 
 
 def test_a_message_over_the_size_limit_fails_its_image_and_the_batch_goes_on(

@@ -11,12 +11,12 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from imgflow.imaging import decode_image
 from simulator.dataset import write_dataset
 from tests.support import Pipeline, path_message, produce_raw, wait_until
+from tests.tiny_model import redblue_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -26,24 +26,7 @@ V2 = "redblue:2.0.0"
 
 def build_v2(folder: Path) -> Path:
     """A second, tiny model: 'espresso' for reddish images, 'Egyptian Mau' for bluish ones."""
-    import keras
-
-    folder.mkdir(parents=True, exist_ok=True)
-    inputs = keras.Input((224, 224, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-    outputs = keras.layers.Dense(2, activation="softmax")(pooled)
-    model = keras.Model(inputs, outputs)
-    weights = np.array([[20.0, -20.0], [0.0, 0.0], [-20.0, 20.0]], dtype=np.float32)
-    model.layers[-1].set_weights([weights, np.zeros(2, dtype=np.float32)])
-    model.save(folder / "redblue.keras")
-    (folder / "labels.txt").write_text("espresso\nEgyptian Mau\n")
-    spec = folder / "model.toml"
-    spec.write_text(
-        'name = "redblue"\nversion = "2.0.0"\nformat = "keras"\nartefact = "redblue.keras"\n'
-        'input_size = [224, 224]\nresize = "center_crop"\npreprocessing = "unit"\n'
-        'output = "softmax"\nlabels_file = "labels.txt"\ntop_k = 2\n'
-    )
-    return spec
+    return redblue_spec(folder, name="redblue", version="2.0.0", labels=("espresso", "Egyptian Mau"))
 
 
 def send(pipeline: Pipeline, paths: list[Path]) -> dict[str, Path]:
