@@ -155,7 +155,8 @@ async def takeover(db: Any, partitions: set[int], since: datetime, timeout: floa
 
 
 async def soak_once(run: Run, home: Path, spec: Path, dataset: list[Path]) -> dict[str, Any]:
-    from pymongo import MongoClient
+
+    from imgflow.mongo import connect
 
     rng = random.Random(run.seed)
     broker = start_broker(home / "logs")
@@ -174,7 +175,7 @@ async def soak_once(run: Run, home: Path, spec: Path, dataset: list[Path]) -> di
         IMGFLOW_WINDOW_EXPIRES="172800",
     )
     workers = [Worker(f"worker{i + 1}", env, home) for i in range(2)]
-    client: Any = MongoClient(mongo.url, tz_aware=True, serverSelectionTimeoutMS=60_000)
+    client: Any = connect(mongo.url, serverSelectionTimeoutMS=60_000)  # outlives the outage
     db = client[prefix]
     ids: list[str] = []
     started = time.monotonic()

@@ -92,7 +92,8 @@ _clients_lock = threading.Lock()
 
 def get_db(url: str | None = None, name: str | None = None):
     """A pymongo database; the client is created on first use and shared per URL."""
-    from pymongo import MongoClient
+
+    from imgflow.mongo import connect
 
     if url is None or name is None:
         from imgflow.settings import get_settings
@@ -103,7 +104,8 @@ def get_db(url: str | None = None, name: str | None = None):
     with _clients_lock:
         client = _clients.get(url)
         if client is None:
-            client = MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000)
+            # A page waits less than a command for a missing server.
+            client = connect(url, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000)
             _clients[url] = client
     return client[name]
 

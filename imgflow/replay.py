@@ -326,7 +326,9 @@ async def replay(
 def mongo_db(settings: Settings):
     from pymongo import MongoClient
 
-    client: MongoClient = MongoClient(settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5000)
+    from imgflow.mongo import connect
+
+    client: MongoClient = connect(settings.mongo_url)
     return client, client[settings.mongo_db]
 
 

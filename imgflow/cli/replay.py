@@ -85,9 +85,10 @@ async def compare(self, model_a: str, model_b: str, limit: int, as_json: bool) -
     """Agreement, confusion of top-1 labels and most-changed images between two model versions."""
     from pymongo import MongoClient
 
+    from imgflow.mongo import connect
     from imgflow.queries import compare_models
 
-    client: MongoClient = MongoClient(settings.mongo_url, serverSelectionTimeoutMS=5000)
+    client: MongoClient = connect(settings.mongo_url)
     try:
         report = compare_models(client[settings.mongo_db], model_a, model_b, limit)
     finally:

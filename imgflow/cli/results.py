@@ -14,7 +14,9 @@ async def latest(self, limit: int) -> None:
     """Print the newest stored predictions and failures from MongoDB."""
     from pymongo import DESCENDING, MongoClient
 
-    client: MongoClient = MongoClient(settings.mongo_url, serverSelectionTimeoutMS=5000)
+    from imgflow.mongo import connect
+
+    client: MongoClient = connect(settings.mongo_url)
     try:
         db = client[settings.mongo_db]
         images = db.images.count_documents({})
