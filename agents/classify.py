@@ -12,24 +12,20 @@ import base64
 import logging
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import numpy as np
+from faust.types import TopicT
 
-from agents.acks import hold, release
-from agents.failures import failure_for, malformed
+from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
-from imgflow.records import DecodedImage, MalformedMessage, Prediction, dumps, parse
-from imgflow.topics import failed_topic, predictions_topic, publish, publish_all, tensors_topic
+from imgflow.records import DecodedImage, Prediction, dumps, parse
+from imgflow.topics import failed_topic, predictions_topic, tensors_topic
 from models.backends import Classifier
 from models.registry import ModelCache, spec_for
 
 log = logging.getLogger(__name__)
-
-#: One thread owns TensorFlow: loads and predictions never overlap.
-_executor = ThreadPoolExecutor(1, thread_name_prefix="imgflow-model")
-models = ModelCache(_executor, max_models=3)
 
 
 class TensorRejected(ValueError):
@@ -78,13 +74,13 @@ def predictions_for(
 
 
 async def classify_group(
-    items: list[DecodedImage], arrays: list[np.ndarray], model: Classifier
+    items: list[DecodedImage], arrays: list[np.ndarray], model: Classifier, thread: Executor
 ) -> tuple[list[Prediction], list[tuple[DecodedImage, Exception]]]:
-    """One model call for the group; if the model rejects it, isolate the culprits."""
+    """One model call for the group (in the model's thread); if the model rejects it, isolate the culprits."""
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
-        results = await loop.run_in_executor(_executor, model.predict, np.stack(arrays))
+        results = await loop.run_in_executor(thread, model.predict, np.stack(arrays))
         elapsed = (time.perf_counter() - started) * 1000
         METRICS.inference.labels(model.spec.key).observe(elapsed / 1000)
         METRICS.classified.labels(model.spec.key).inc(len(items))
@@ -97,45 +93,54 @@ async def classify_group(
     preds: list[Prediction] = []
     failed: list[tuple[DecodedImage, Exception]] = []
     for item, array in zip(items, arrays, strict=True):
-        p, f = await classify_group([item], [array], model)
+        p, f = await classify_group([item], [array], model, thread)
         preds += p
         failed += f
     return preds, failed
 
 
-@app.agent(tensors_topic)
-async def classify(stream):
-    await models.get(spec_for(settings.model_spec_path))  # load once, on start
-    async for events in stream.take_events(settings.batch_size, settings.batch_wait):
-        hold(events)
-        failures = []
+class Classify:
+    """Groups a batch by the model each tensor was decoded for; one model call per group."""
+
+    def __init__(self, models: ModelCache) -> None:
+        self.models = models
+
+    async def batch(self, items: list[DecodedImage]) -> Outcome:
+        outcome = Outcome()
         groups: dict[str, list[tuple[DecodedImage, np.ndarray]]] = defaultdict(list)
-        for event in events:
+        for item in items:
             try:
-                item = parse(DecodedImage, event.value)
-            except MalformedMessage as exc:
-                failures.append(malformed("classify", exc, event))
-                continue
-            try:
-                spec = spec_for(item.model)
-                groups[item.model].append((item, to_array(item, spec.input_size)))
+                groups[item.model].append((item, to_array(item, spec_for(item.model).input_size)))
             except Exception as exc:
-                failures.append(failure_for("classify", item, exc))
-        predictions: list[Prediction] = []
+                outcome.failed.append((item, exc))
         for spec_path, group in groups.items():
             try:
-                model = await models.get(spec_for(spec_path))
+                model = await self.models.get(spec_for(spec_path))
             except Exception as exc:
                 exc.kind = "model_unavailable"  # type: ignore[attr-defined]
-                failures += [failure_for("classify", item, exc) for item, _ in group]
+                outcome.failed += [(item, exc) for item, _ in group]
                 continue
             preds, failed = await classify_group(
-                [item for item, _ in group], [array for _, array in group], model
+                [item for item, _ in group], [array for _, array in group], model, self.models.executor
             )
-            predictions += preds
-            failures += [failure_for("classify", item, exc) for item, exc in failed]
-        too_large = await publish(predictions_topic, [(p.image_id, dumps(p)) for p in predictions])
-        failures += [failure_for("classify", predictions[i], exc) for i, exc in too_large.items()]
-        await publish_all(failed_topic, failures)
-        release(events)
-        METRICS.batch_size.labels("classify").observe(len(events))
+            outcome.outputs += [(p, p.image_id, dumps(p)) for p in preds]
+            outcome.failed += failed
+        return outcome
+
+
+def stage(
+    models: ModelCache, output: TopicT = predictions_topic, failures: TopicT = failed_topic
+) -> Stage[DecodedImage]:
+    return Stage(
+        "classify",
+        parse=lambda event: parse(DecodedImage, event.value),
+        process=Classify(models).batch,
+        output=output,
+        failures=failures,
+        batch_size=settings.batch_size,
+    )
+
+
+@app.agent(tensors_topic)
+async def classify(stream):
+    await stage(app.resources.models).run(stream)

@@ -14,25 +14,18 @@ import base64
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from pathlib import Path
 
-from agents.acks import hold, release
-from agents.failures import failure_for, malformed
+from faust.types import EventT, TopicT
+
+from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.imaging import ImageRejected, Limits, decode_image
 from imgflow.metrics import METRICS
-from imgflow.records import (
-    DecodedImage,
-    ImageMeta,
-    ImagePath,
-    MalformedMessage,
-    dumps,
-    message_id,
-    parse_image_path,
-)
+from imgflow.records import DecodedImage, ImageMeta, ImagePath, dumps, message_id, parse_image_path
 from imgflow.roots import require_inside_roots
-from imgflow.topics import failed_topic, paths_topic, publish, publish_all, tensors_topic
+from imgflow.topics import failed_topic, paths_topic, tensors_topic
 from models.registry import spec_for
 
 log = logging.getLogger(__name__)
@@ -69,47 +62,58 @@ def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> Decode
     )
 
 
-@app.agent(paths_topic)
-async def decode(stream):
-    limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
-    roots = settings.image_root_paths
-    pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
-    loop = asyncio.get_running_loop()
+def parse_event(event: EventT) -> ImagePath:
+    msg = event.message
+    return parse_image_path(event.value, event.key, message_id(msg.topic, msg.partition, msg.offset))
 
-    async def run(item: ImagePath) -> DecodedImage | Exception:
+
+class Decoder:
+    """Decodes a batch in the decode threads, each image bounded in time."""
+
+    def __init__(self, pool: Executor, roots: Sequence[Path] | None = None) -> None:
+        self.pool = pool
+        self.limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
+        self.roots = settings.image_root_paths if roots is None else roots
+
+    async def one(self, item: ImagePath) -> DecodedImage | Exception:
+        loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(pool, decode_one, item, limits, roots), settings.decode_timeout
+                loop.run_in_executor(self.pool, decode_one, item, self.limits, self.roots),
+                settings.decode_timeout,
             )
         except TimeoutError:
             return ImageRejected("decode_timeout", f"decoding took longer than {settings.decode_timeout:g}s")
-        except Exception as exc:  # a bad image never stops the agent
+        except Exception as exc:  # a bad image never stops the stage
             return exc
 
-    async for events in stream.take_events(settings.decode_batch_size, settings.batch_wait):
-        hold(events)
-        items: list[ImagePath] = []
-        failures = []
-        for event in events:
-            msg = event.message
-            try:
-                items.append(
-                    parse_image_path(event.value, event.key, message_id(msg.topic, msg.partition, msg.offset))
-                )
-            except MalformedMessage as exc:
-                failures.append(malformed("decode", exc, event))
-        results = await asyncio.gather(*(run(item) for item in items))
-        tensors = []
-        decoded: list[ImagePath] = []
-        for item, result in zip(items, results, strict=True):
+    async def batch(self, items: list[ImagePath]) -> Outcome:
+        outcome = Outcome()
+        for item, result in zip(items, await asyncio.gather(*map(self.one, items)), strict=True):
             if isinstance(result, DecodedImage):
-                tensors.append((item.image_id, dumps(result)))
-                decoded.append(item)
+                outcome.outputs.append((item, item.image_id, dumps(result)))
             else:
-                failures.append(failure_for("decode", item, result))
-        too_large = await publish(tensors_topic, tensors)
-        failures += [failure_for("decode", decoded[i], exc) for i, exc in too_large.items()]
-        await publish_all(failed_topic, failures)
-        release(events)
-        METRICS.decoded.inc(len(tensors) - len(too_large))
-        METRICS.batch_size.labels("decode").observe(len(events))
+                outcome.failed.append((item, result))
+        METRICS.decoded.inc(len(outcome.outputs))
+        return outcome
+
+
+def stage(
+    pool: Executor,
+    output: TopicT = tensors_topic,
+    failures: TopicT = failed_topic,
+    roots: Sequence[Path] | None = None,
+) -> Stage[ImagePath]:
+    return Stage(
+        "decode",
+        parse=parse_event,
+        process=Decoder(pool, roots).batch,
+        output=output,
+        failures=failures,
+        batch_size=settings.decode_batch_size,
+    )
+
+
+@app.agent(paths_topic)
+async def decode(stream):
+    await stage(app.resources.decode_pool).run(stream)

@@ -1,116 +1,41 @@
 """Dead letters: ``imgflow-failed`` -> MongoDB ``failures``.
 
-Every stage turns what it cannot process into one :class:`Failure` record with
-a stable ``kind`` and a readable message; this agent stores them idempotently
-(one document per image).
+Every stage turns what it cannot process into one failure record
+(imgflow/failures.py); this stage stores them idempotently, one document per
+image. A malformed dead letter is itself stored as one, not published again.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from functools import partial
-from typing import Any
 
-from agents.acks import hold, release
+from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
-from imgflow.imaging import ImageRejected
+from imgflow.failures import malformed_failure
 from imgflow.metrics import METRICS
-from imgflow.records import Failure, MalformedMessage, dumps, message_id, parse
+from imgflow.records import Failure, parse
 from imgflow.storage import Store, retry_forever
 from imgflow.topics import failed_topic
 
-log = logging.getLogger(__name__)
+
+async def store_failures(store: Store, failures: list[Failure]) -> Outcome:
+    await store.ready()
+    await retry_forever("store failures", partial(store.write_failures, failures))
+    for f in failures:
+        METRICS.failed.labels(f.stage, f.kind).inc()
+    return Outcome()
 
 
-def describe(exc: BaseException) -> tuple[str, str]:
-    """(kind, message) for any exception a stage may meet."""
-    if isinstance(exc, ImageRejected):
-        return exc.kind, exc.message
-    if isinstance(exc, MalformedMessage):
-        return "malformed_message", str(exc)
-    from models.spec import ModelError
-
-    if isinstance(exc, ModelError):
-        return "model_unavailable", str(exc)
-    kind = getattr(exc, "kind", None)
-    if isinstance(kind, str):
-        return kind, str(exc)
-    return "internal_error", f"{type(exc).__name__}: {exc}"
-
-
-#: Bounds on the free text a failure record copies from its input, so that the record
-#: stays far below the smallest allowed IMGFLOW_MAX_MESSAGE_BYTES even when the input
-#: (a huge bogus path, an error quoting a huge value) is what was too large.
-MAX_MESSAGE_CHARS = 1000
-MAX_FIELD_CHARS = 1024
-
-
-def clip(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text):,} characters)"
-
-
-def failure_for(stage: str, item: Any, exc: BaseException) -> tuple[str, bytes]:
-    """A failure record for a parsed item (ImagePath, DecodedImage, ...)."""
-    kind, message = describe(exc)
-    log.info("%s failed for %s: %s (%s)", stage, item.image_id, kind, clip(message, MAX_MESSAGE_CHARS))
-    record = Failure(
-        image_id=item.image_id,
-        stage=stage,
-        kind=kind,
-        message=clip(message, MAX_MESSAGE_CHARS),
-        failed_at=time.time(),
-        path=clip(getattr(item, "path", None), MAX_FIELD_CHARS),
-        source=clip(getattr(item, "source", None), MAX_FIELD_CHARS),
-        model=clip(getattr(item, "model", None), MAX_FIELD_CHARS),
-        replay_id=clip(getattr(item, "replay_id", None), MAX_FIELD_CHARS),
-        submitted_at=getattr(item, "submitted_at", None),
+def stage(store: Store) -> Stage[Failure]:
+    return Stage(
+        "failures",
+        parse=lambda event: parse(Failure, event.value),
+        process=partial(store_failures, store),
+        batch_size=settings.store_batch_size,
+        keep_malformed=lambda exc, event: malformed_failure("failures", exc, event),
     )
-    return item.image_id, dumps(record)
-
-
-def malformed(stage: str, exc: BaseException, event: Any) -> tuple[str, bytes]:
-    """A failure record for a message that could not even be parsed."""
-    record = malformed_failure(stage, exc, event)
-    return record.image_id, dumps(record)
-
-
-def malformed_failure(stage: str, exc: BaseException, event: Any) -> Failure:
-    msg = event.message
-    image_id = message_id(msg.topic, msg.partition, msg.offset)
-    kind, message = describe(exc)
-    message = clip(message, MAX_MESSAGE_CHARS)
-    log.warning("malformed message on %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, message)
-    record = Failure(
-        image_id=image_id,
-        stage=stage,
-        kind=kind,
-        message=message,
-        failed_at=time.time(),
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-    )
-    return record
 
 
 @app.agent(failed_topic)
 async def record_failures(stream):
-    store = Store(settings.mongo_url, settings.mongo_db)
-    await retry_forever("create indexes", store.ensure_indexes)
-    async for events in stream.take_events(settings.store_batch_size, settings.batch_wait):
-        hold(events)
-        failures: list[Failure] = []
-        for event in events:
-            try:
-                failures.append(parse(Failure, event.value))
-            except MalformedMessage as exc:
-                # A malformed dead letter is itself recorded as one.
-                failures.append(malformed_failure("failures", exc, event))
-        if failures:
-            await retry_forever("store failures", partial(store.write_failures, failures))
-        release(events)
-        for f in failures:
-            METRICS.failed.labels(f.stage, f.kind).inc()
+    await stage(app.resources.store).run(stream)

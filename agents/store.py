@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from agents.acks import hold, release
-from agents.failures import malformed
+from faust.types import TopicT
+
+from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
-from imgflow.records import MalformedMessage, Prediction, Stored, dumps, parse
+from imgflow.records import Prediction, Stored, dumps, parse
 from imgflow.storage import Store, retry_forever
-from imgflow.topics import failed_topic, predictions_topic, publish_all, stored_topic
+from imgflow.topics import failed_topic, predictions_topic, stored_topic
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +43,32 @@ def stored_events(preds: list[Prediction], stored_at: float) -> list[tuple[str, 
     ]
 
 
+async def store_predictions(store: Store, preds: list[Prediction]) -> Outcome:
+    """One bulk upsert per collection, retried until MongoDB takes it; then the stored events."""
+    await store.ready()
+    stored_at = await retry_forever("store predictions", partial(store.write_predictions, preds))
+    METRICS.stored.inc(len(preds))
+    for p in preds:
+        METRICS.end_to_end.observe(max(0.0, stored_at.timestamp() - p.submitted_at))
+    return Outcome(
+        outputs=[
+            (p, key, value)
+            for p, (key, value) in zip(preds, stored_events(preds, stored_at.timestamp()), strict=True)
+        ]
+    )
+
+
+def stage(store: Store, output: TopicT = stored_topic, failures: TopicT = failed_topic) -> Stage[Prediction]:
+    return Stage(
+        "store",
+        parse=lambda event: parse(Prediction, event.value),
+        process=partial(store_predictions, store),
+        output=output,
+        failures=failures,
+        batch_size=settings.store_batch_size,
+    )
+
+
 @app.agent(predictions_topic)
 async def store(stream):
-    db = Store(settings.mongo_url, settings.mongo_db)
-    await retry_forever("create indexes", db.ensure_indexes)
-    async for events in stream.take_events(settings.store_batch_size, settings.batch_wait):
-        hold(events)
-        preds: list[Prediction] = []
-        failures = []
-        for event in events:
-            try:
-                preds.append(parse(Prediction, event.value))
-            except MalformedMessage as exc:
-                failures.append(malformed("store", exc, event))
-        if preds:
-            stored_at = await retry_forever("store predictions", partial(db.write_predictions, preds))
-            await publish_all(stored_topic, stored_events(preds, stored_at.timestamp()))
-        await publish_all(failed_topic, failures)
-        release(events)
-        METRICS.batch_size.labels("store").observe(len(events))
-        if preds:
-            METRICS.stored.inc(len(preds))
-            for p in preds:
-                METRICS.end_to_end.observe(max(0.0, stored_at.timestamp() - p.submitted_at))
+    await stage(app.resources.store).run(stream)

@@ -1,22 +1,38 @@
-"""Builds the Faust app and nothing else; stages are found by autodiscovery."""
+"""Builds the Faust app and nothing else; stages are found by autodiscovery.
+
+Building it opens nothing and patches nothing: a worker installs imgflow's
+fixes to Faust's consumer (imgflow/consumer.py) and starts its resources
+(imgflow/resources.py) when it starts, so the dashboard or a test can import
+the settings, records or queries without side effects.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import faust
+from mode import ServiceT
 
 from imgflow import consumer as safe_consumer
 from imgflow.broker import wait_for_broker
+from imgflow.resources import Resources
 from imgflow.settings import get_settings
 from imgflow.web.auth import token_middleware
 
 settings = get_settings()
-# Never commit past an unacknowledged message; never drop a delivered one on recovery
-# (imgflow/consumer.py).
-safe_consumer.install()
 
 
 class App(faust.App):
+    #: The worker's clients, threads and model cache, started before the agents.
+    resources: Resources
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        # First in the list: started before the consumer and the agents, stopped after them.
+        return [self.resources, *super().on_init_dependencies()]
+
     async def on_first_start(self) -> None:
+        # Never commit past an unacknowledged message; never drop a delivered one on recovery.
+        safe_consumer.install()
         # Faust creates its data dir without parents; IMGFLOW_HOME may not exist yet.
         self.conf.datadir.mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
@@ -54,3 +70,4 @@ app = App(
     table_standby_replicas=0,
     table_cleanup_interval=settings.window_seconds,
 )
+app.resources = Resources(settings)

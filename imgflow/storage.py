@@ -242,10 +242,20 @@ class Store:
         # offsets were already committed.
         self.client: Any = connect_async(url)
         self.db = self.client[db_name]
+        self._indexed = False
+        self._indexing = asyncio.Lock()
 
     async def ensure_indexes(self) -> None:
         for name, indexes in INDEXES.items():
             await self.db[name].create_indexes(indexes)
+
+    async def ready(self) -> None:
+        """Create the indexes once, before the first write (retried while MongoDB is down)."""
+        if not self._indexed:
+            async with self._indexing:
+                if not self._indexed:
+                    await retry_forever("create indexes", self.ensure_indexes)
+                    self._indexed = True
 
     async def write_predictions(self, preds: list[Prediction]) -> datetime:
         stored_at = datetime.now(UTC)

@@ -1,7 +1,7 @@
 """A batch's offsets become committable only after the batch succeeded.
 
 Faust's ``Stream.take_events`` acks buffered events in a ``finally`` block,
-also when the agent's body raised or was cancelled. ``agents.acks.hold``
+also when the agent's body raised or was cancelled. ``agents.stage.hold``
 keeps those messages from reaching their final ack until ``release``.
 These tests drive Faust's own Message/Event reference counting through the
 same steps a worker takes: delivery (incref), hold, the ``finally`` ack,
@@ -14,7 +14,7 @@ import faust
 from faust.events import Event
 from faust.types import Message
 
-from agents.acks import hold, release
+from agents.stage import hold, release
 
 # Never started: building its consumer object opens no connection.
 app = faust.App("imgflow-acks-test", broker="kafka://127.0.0.1:9", store="memory://")
@@ -56,26 +56,3 @@ def test_without_hold_a_failed_batch_would_be_acknowledged():
     events = delivered(2)
     take_events_finally(events)
     assert [e.message.acked for e in events] == [True, True]
-
-
-def test_commit_point_moves_only_over_a_run_starting_at_the_committed_offset():
-    from imgflow.consumer import commit_point
-
-    assert commit_point([5, 6, 7], committed=5) == 8
-    assert commit_point([5, 6, 8, 9], committed=5) == 7  # stops at the first hole
-    # Offset 5 was never acknowledged (a failed, held batch): do not commit past it.
-    assert commit_point([6, 7, 8], committed=5) is None  # Faust 0.15.3 committed 9 here
-    assert commit_point([9, 10], committed=5) is None
-    assert commit_point([], committed=5) is None
-    # Position unknown: Faust committed 5 here without any head check; nothing moves now.
-    assert commit_point([3, 4], committed=None) is None
-    assert commit_point([0, 1], committed=0) == 2  # a never-committed partition starts at 0
-
-
-def test_faust_consumer_uses_the_safe_commit_point():
-    from faust.transport.consumer import Consumer
-
-    import imgflow  # noqa: F401 - installs it
-    from imgflow.consumer import _new_offset
-
-    assert Consumer._new_offset is _new_offset

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from agents.failures import failure_for
+from imgflow.failures import failure_for
 from imgflow.records import ImagePath, MalformedMessage, parse_image_path
 from imgflow.settings import Settings
 

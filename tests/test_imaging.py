@@ -76,7 +76,7 @@ def test_a_format_variant_pillow_cannot_decode_is_unsupported_format(folder: Pat
     """Pillow raises NotImplementedError for it; that must not end as an internal error."""
     import json
 
-    from agents.failures import failure_for
+    from imgflow.failures import failure_for
     from imgflow.records import ImagePath
 
     path = dds_with_unknown_pixel_format(folder / "texture.dds")

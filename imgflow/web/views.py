@@ -29,32 +29,8 @@ from faust.web import Request, Response, View
 
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
-from imgflow.web.auth import auth_headers
 
 log = logging.getLogger(__name__)
-
-FANOUT_TIMEOUT = 5.0
-_http: aiohttp.ClientSession | None = None
-_store: Any = None
-
-
-def _session() -> aiohttp.ClientSession:
-    global _http
-    if _http is None or _http.closed:
-        # The other workers' /counts/local/ need the token when reads are protected.
-        _http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT), headers=auth_headers(settings)
-        )
-    return _http
-
-
-def _mongo():
-    global _store
-    if _store is None:
-        from imgflow.storage import Store
-
-        _store = Store(settings.mongo_url, settings.mongo_db)
-    return _store
 
 
 def _norm(url: Any) -> str:
@@ -128,7 +104,9 @@ class ClusterCounts(View):
         async def ask(url: str, partitions: set[int]) -> None:
             query = ",".join(map(str, sorted(partitions)))
             try:
-                async with _session().get(f"{url}/counts/local/", params={"partitions": query}) as resp:
+                async with app.resources.http.get(
+                    f"{url}/counts/local/", params={"partitions": query}
+                ) as resp:
                     resp.raise_for_status()
                     body = await resp.json()
                 parts.append(body["windows"])
@@ -193,8 +171,7 @@ class Health(View):
     """Ready when the worker has joined its group and loaded the default model."""
 
     async def get(self, request: Request) -> Response:
-        from agents.classify import models
-
+        models = app.resources.models
         try:
             assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
         except Exception:  # consumer not started yet
@@ -294,7 +271,7 @@ class ImageResult(View):
     """The stored result of one image: latest prediction, every model's, any failure."""
 
     async def get(self, request: Request, image_id: str) -> Response:
-        db = _mongo().db
+        db = app.resources.store.db
         image = await db.images.find_one({"_id": image_id})
         failure = await db.failures.find_one({"_id": image_id})
         if image is None and failure is None:

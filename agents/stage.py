@@ -1,0 +1,100 @@
+"""The one loop every stage runs: take a batch, parse, process, publish, acknowledge.
+
+A stage is only its own logic: how to parse one input message and what to do
+with a batch of parsed inputs (:class:`Stage`). Everything else is the same for
+all of them and lives here, once:
+
+1. take up to ``batch_size`` events, waiting at most ``IMGFLOW_BATCH_WAIT``;
+2. hold their acknowledgements (a batch that fails or is cancelled halfway is
+   never committed past: ``Stream.take_events`` acks in a ``finally``);
+3. parse each message; a malformed one becomes a failure record (or, for the
+   failures stage itself, an item to store);
+4. process the parsed batch;
+5. publish the outputs and wait for the broker (an output over the size limit
+   fails its image as ``message_too_large``), then the failure records;
+6. release the acknowledgements, so the offsets may be committed;
+7. count the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from faust.types import EventT, TopicT
+
+from imgflow.app import settings
+from imgflow.failures import failure_for, malformed
+from imgflow.metrics import METRICS
+from imgflow.records import MalformedMessage
+from imgflow.topics import failed_topic, publish, publish_all
+
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome:
+    """What a stage made of one batch.
+
+    ``outputs``: ``(item, key, value)`` for the stage's output topic, the item
+    being the input it came from (for a failure record if it cannot be sent);
+    ``failed``: inputs that cannot go on, with why.
+    """
+
+    outputs: list[tuple[Any, str, bytes]] = field(default_factory=list)
+    failed: list[tuple[Any, BaseException]] = field(default_factory=list)
+
+
+def hold(events: Sequence[EventT]) -> None:
+    """One extra reference per message: the ``finally`` ack of ``take_events`` only drops it."""
+    for event in events:
+        event.message.incref()
+
+
+def release(events: Sequence[EventT]) -> None:
+    """The batch succeeded: its offsets may be committed once ``take_events`` lets go."""
+    for event in events:
+        event.ack()
+
+
+@dataclass
+class Stage(Generic[T]):
+    """One stage of the chain: its name, how to parse, what to do with a batch."""
+
+    name: str
+    parse: Callable[[EventT], T]
+    process: Callable[[list[T]], Awaitable[Outcome]]
+    output: TopicT | None = None
+    batch_size: int = 32
+    #: Where failure records go (an in-memory channel in the in-process tests).
+    failures: TopicT = field(default_factory=lambda: failed_topic)
+    #: Turns a malformed message into an item to process instead of a failure record
+    #: (the failures stage stores it: publishing it would loop back to itself).
+    keep_malformed: Callable[[BaseException, EventT], T] | None = None
+
+    async def run(self, stream: Any) -> None:
+        async for events in stream.take_events(self.batch_size, settings.batch_wait):
+            await self.handle(events)
+
+    async def handle(self, events: Sequence[EventT]) -> None:
+        hold(events)
+        items: list[T] = []
+        failures: list[tuple[str, bytes]] = []
+        for event in events:
+            try:
+                items.append(self.parse(event))
+            except MalformedMessage as exc:
+                if self.keep_malformed is not None:
+                    items.append(self.keep_malformed(exc, event))
+                else:
+                    failures.append(malformed(self.name, exc, event))
+        outcome = await self.process(items) if items else Outcome()
+        failures += [failure_for(self.name, item, exc) for item, exc in outcome.failed]
+        if self.output is not None and outcome.outputs:
+            refused = await publish(self.output, [(key, value) for _, key, value in outcome.outputs])
+            failures += [failure_for(self.name, outcome.outputs[i][0], exc) for i, exc in refused.items()]
+        if failures:
+            await publish_all(self.failures, failures)
+        release(events)
+        METRICS.batch_size.labels(self.name).observe(len(events))

@@ -1,0 +1,83 @@
+"""What a worker holds open, in one Faust service started before its agents and closed after them.
+
+- ``store``: the one MongoDB client of the worker (imgflow/mongo.py options),
+  shared by the store and failures stages and the web views; indexes are
+  created on first use, with retry, so a worker starts while MongoDB is down.
+- ``models``: the bounded cache of loaded classifiers, with the one thread that
+  owns TensorFlow (loads and predictions never overlap); the default model
+  starts loading when the worker starts, and ``/health/`` is ready once it is in.
+- ``decode_pool``: the threads that read and decode images.
+- ``http``: one client session for the calls a worker makes to the others
+  (``/counts/`` fan-out), sending the API token when reads are protected.
+
+Importing this module opens nothing; :class:`Resources` does its I/O in
+``on_start`` and gives everything back in ``on_stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+from mode import Service
+
+from imgflow.settings import Settings
+from imgflow.storage import Store
+from imgflow.web.auth import auth_headers
+from models.registry import ModelCache, spec_for
+
+log = logging.getLogger(__name__)
+
+#: Seconds a worker waits for another worker's answer (``/counts/`` fan-out).
+FANOUT_TIMEOUT = 5.0
+
+
+class Resources(Service):
+    """The worker's clients, threads and model cache (see the module docstring)."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="imgflow-model")
+        self.models = ModelCache(self.model_thread, max_models=3)
+        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
+        self._store: Store | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("worker resources are not started")
+        return self._store
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("worker resources are not started")
+        return self._http
+
+    async def on_start(self) -> None:
+        self._store = Store(self.settings.mongo_url, self.settings.mongo_db)
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT), headers=auth_headers(self.settings)
+        )
+        # In the background: the consumer joins its group meanwhile.
+        self.add_future(self._store.ready())
+        self.add_future(self._load_default_model())
+
+    async def _load_default_model(self) -> None:
+        try:
+            await self.models.get(spec_for(self.settings.model_spec_path))
+        except Exception:
+            # The classify stage turns every image into model_unavailable; /health/ stays "starting".
+            log.exception("the default model %s did not load", self.settings.model_spec_path)
+
+    async def on_stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        if self._store is not None:
+            await self._store.close()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.model_thread.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,200 @@
+"""Each stage's logic in process, through Faust's ``test_context()`` (no broker).
+
+The agents are two lines each (``await stage(...).run(stream)``); here the very
+same stages run in test agents whose outputs and failure records go to
+in-memory channels, so what a stage emits for good, bad and malformed input
+is checked without Kafka. MongoDB, where a stage writes, is the real
+embedded server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+
+from agents import classify, decode, failures, store
+from imgflow.records import DecodedImage, Failure, ImageMeta, Prediction, dumps, parse
+from tests.images import photo
+
+# Never started: in-memory channels only.
+app = faust.App("imgflow-stage-tests", broker="kafka://127.0.0.1:9", store="memory://")
+
+
+def channel() -> tuple[Any, Any]:
+    """An in-memory channel and a reader subscribed to it."""
+    ch = app.channel()
+    return ch, ch.clone(is_iterator=True)
+
+
+async def drain(reader: Any, n: int, timeout: float = 30) -> list[Any]:
+    return [await reader.get(timeout=timeout) for _ in range(n)]
+
+
+def run_in_agent(stage_factory):
+    """A test agent on an in-memory channel running ``stage_factory()``'s stage."""
+
+    async def body(stream):
+        await stage_factory().run(stream)
+
+    return app.agent(app.channel(), name=f"test-{id(body)}")(body)
+
+
+def meta(image_id: str) -> ImageMeta:
+    return ImageMeta(file_name=f"{image_id}.jpg", width=8, height=8, format="JPEG", bytes=1, sha256="0" * 64)
+
+
+def tiny_spec(folder: Path, size: int = 32) -> Path:
+    """A spec the decode stage can size tensors for (decode never loads the artefact)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "m.keras").write_bytes(b"")
+    (folder / "labels.txt").write_text("a\nb\n")
+    spec = folder / "model.toml"
+    spec.write_text(
+        'name = "tiny"\nversion = "1"\nformat = "keras"\nartefact = "m.keras"\n'
+        f'input_size = [{size}, {size}]\nresize = "stretch"\npreprocessing = "unit"\n'
+        'output = "softmax"\nlabels_file = "labels.txt"\n'
+    )
+    return spec
+
+
+async def test_decode_emits_a_tensor_per_good_image_and_a_failure_per_bad_one(tmp_path: Path):
+    roots = tmp_path / "images"
+    roots.mkdir()
+    good = roots / "good.jpg"
+    photo().save(good)
+    (roots / "empty.jpg").write_bytes(b"")
+    spec = tiny_spec(tmp_path / "model")
+    out, tensors = channel()
+    bad, failed = channel()
+    pool = ThreadPoolExecutor(2)
+    agent = run_in_agent(lambda: decode.stage(pool, output=out, failures=bad, roots=[roots]))
+    async with agent.test_context() as a:
+        for name in ("good.jpg", "empty.jpg", "missing.jpg"):
+            body = {"image_id": name, "path": str(roots / name), "model": str(spec)}
+            await a.put(json.dumps(body).encode(), key=name.encode(), wait=False)
+        await a.put(b"{not json", key=b"x", wait=False)
+        await a.put(json.dumps({"image_id": "passwd", "path": "/etc/passwd"}).encode(), wait=False)
+        [tensor] = await drain(tensors, 1)
+        kinds = {f.image_id: f.kind for f in (parse(Failure, e.value) for e in await drain(failed, 4))}
+    pool.shutdown()
+    item = parse(DecodedImage, tensor.value)
+    assert item.image_id == "good.jpg" and item.shape == [32, 32, 3] and item.meta.file_name == "good.jpg"
+    assert kinds.pop("empty.jpg") == "empty_file" and kinds.pop("missing.jpg") == "missing_file"
+    assert kinds.pop("passwd") == "outside_roots"
+    assert list(kinds.values()) == ["malformed_message"]  # keyed by topic/partition/offset
+
+
+@pytest.mark.slow
+async def test_classify_predicts_per_model_and_fails_a_wrong_shape(tmp_path: Path):
+    import base64
+
+    import numpy as np
+
+    from models.registry import ModelCache
+    from tests.tiny_model import redblue_spec
+
+    spec = redblue_spec(
+        tmp_path / "m", name="rb", version="1", labels=("red", "blue"), size=8, resize="stretch"
+    )
+    red = np.zeros((8, 8, 3), dtype=np.uint8)
+    red[..., 0] = 255
+
+    def tensor(image_id: str, array: np.ndarray) -> bytes:
+        return dumps(
+            DecodedImage(
+                image_id=image_id,
+                path=f"/x/{image_id}.jpg",
+                source="test",
+                submitted_at=1.0,
+                decoded_at=1.0,
+                model=str(spec),
+                shape=list(array.shape),
+                tensor_b64=base64.b64encode(array.tobytes()).decode(),
+                meta=meta(image_id),
+            )
+        )
+
+    out, predictions = channel()
+    bad, failed = channel()
+    models = ModelCache(ThreadPoolExecutor(1), max_models=1)
+    agent = run_in_agent(lambda: classify.stage(models, output=out, failures=bad))
+    async with agent.test_context() as a:
+        await a.put(tensor("red", red), key=b"red", wait=False)
+        await a.put(tensor("odd", np.zeros((4, 4, 3), dtype=np.uint8)), key=b"odd", wait=False)
+        [prediction] = await drain(predictions, 1, timeout=120)
+        [failure] = await drain(failed, 1)
+    p = parse(Prediction, prediction.value)
+    assert (p.image_id, p.label, p.model, p.model_version) == ("red", "red", "rb", "1")
+    f = parse(Failure, failure.value)
+    assert (f.image_id, f.stage, f.kind) == ("odd", "classify", "bad_tensor")
+
+
+def prediction(image_id: str, label: str = "cat") -> bytes:
+    return dumps(
+        Prediction(
+            image_id=image_id,
+            path=f"/x/{image_id}.jpg",
+            source="test",
+            submitted_at=1.0,
+            predicted_at=2.0,
+            label=label,
+            score=0.9,
+            top_k=[{"label": label, "score": 0.9}],
+            model="m",
+            model_version="1",
+            inference_ms=1.0,
+            batch_size=1,
+            meta=meta(image_id),
+        )
+    )
+
+
+@pytest.mark.e2e
+async def test_store_writes_then_emits_one_stored_event_per_prediction(services, tmp_path: Path):
+    from imgflow.mongo import connect
+    from imgflow.storage import Store
+
+    db_name = f"stages_{tmp_path.name[-8:]}"
+    sink = Store(services.mongo_url, db_name)
+    out, stored = channel()
+    bad, failed = channel()
+    agent = run_in_agent(lambda: store.stage(sink, output=out, failures=bad))
+    async with agent.test_context() as a:
+        await a.put(prediction("a"), key=b"a", wait=False)
+        await a.put(prediction("b", "dog"), key=b"b", wait=False)
+        await a.put(b"[]", key=b"c", wait=False)
+        events = await drain(stored, 2)
+        [malformed] = await drain(failed, 1)
+    await sink.close()
+    assert sorted(json.loads(e.value)["image_id"] for e in events) == ["a", "b"]
+    assert parse(Failure, malformed.value).kind == "malformed_message"
+    db = connect(services.mongo_url)[db_name]
+    assert {d["_id"]: d["label"] for d in db.images.find({}, {"label": 1})} == {"a": "cat", "b": "dog"}
+
+
+@pytest.mark.e2e
+async def test_failures_stage_stores_records_and_keeps_malformed_dead_letters(services, tmp_path: Path):
+    from imgflow.mongo import connect
+    from imgflow.storage import Store
+
+    db_name = f"stages_{tmp_path.name[-8:]}"
+    sink = Store(services.mongo_url, db_name)
+    agent = run_in_agent(lambda: failures.stage(sink))
+    record = Failure(image_id="a", stage="decode", kind="missing_file", message="gone", failed_at=1.0)
+    db = connect(services.mongo_url)[db_name]
+    async with agent.test_context() as a:
+        await a.put(dumps(record), key=b"a", wait=False)
+        await a.put(b"not json", key=b"z", wait=False)
+        for _ in range(200):
+            if db.failures.count_documents({}) == 2:
+                break
+            await asyncio.sleep(0.1)
+    await sink.close()
+    kinds = sorted(d["kind"] for d in db.failures.find())
+    assert kinds == ["malformed_message", "missing_file"]
