@@ -3,7 +3,7 @@
 Configuration comes from the same environment variables as the workers
 (MONGO_URL, MONGO_DB, IMGFLOW_WORKER_URLS, the image folders). One background
 task per server process refreshes the live numbers for every open tab
-(``dashboard.data_store.start_shared_refresh``); each session only follows it.
+(``dashboard.feed.start_shared_refresh``); each session only follows it.
 Start it with ``python -m dashboard.serve`` to get the login settings
 (``IMGFLOW_DASHBOARD_AUTH_FILE``); every edit records the signed-in user.
 """
@@ -21,8 +21,9 @@ try:
 except ImportError:  # served from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard.data_store import DataStore, start_shared_refresh
-from dashboard.views import Dashboard
+from dashboard.board import Dashboard
+from dashboard.data_store import DataStore
+from dashboard.feed import start_shared_refresh
 
 pn.extension("tabulator", throttled=True, sizing_mode="stretch_width")
 

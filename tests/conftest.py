@@ -1,4 +1,8 @@
-"""Session fixtures: a real Kafka-protocol broker and MongoDB-protocol server.
+"""Session fixtures: a real Kafka-protocol broker, a MongoDB-protocol server, the default model.
+
+Each is its own fixture, so a test starts only what it uses: a dashboard test
+that needs MongoDB asks for ``mongo_url`` and neither starts the broker nor
+builds the TensorFlow model. ``services`` composes all three for the workers.
 
 When ``BROKER_URL`` / ``MONGO_URL`` are set, the tests use those services;
 otherwise they start the embedded ones (Tansu, SecantusDB) on free loopback
@@ -27,26 +31,47 @@ def default_model_spec() -> Path:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory, default_model_spec: Path) -> Iterator[Services]:
-    from imgflow.embedded import start_broker, start_mongo
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the embedded services keep their data and logs for this session."""
+    return tmp_path_factory.mktemp("services")
 
-    root = tmp_path_factory.mktemp("services")
-    started = []
-    broker_url = os.environ.get("BROKER_URL")
-    mongo_url = os.environ.get("MONGO_URL")
+
+@pytest.fixture(scope="session")
+def broker_url(services_dir: Path) -> Iterator[str]:
+    """``BROKER_URL``, or an embedded Tansu broker started for the session."""
+    url = os.environ.get("BROKER_URL")
+    if url:
+        yield url
+        return
+    from imgflow.embedded import start_broker
+
+    broker = start_broker(services_dir / "logs")
     try:
-        if not broker_url:
-            broker = start_broker(root / "logs")
-            started.append(broker)
-            broker_url = broker.url
-        if not mongo_url:
-            mongo = start_mongo(root / "mongo", root / "logs")
-            started.append(mongo)
-            mongo_url = mongo.url
-        yield Services(broker_url=broker_url, mongo_url=mongo_url, model_spec=default_model_spec)
+        yield broker.url
     finally:
-        for service in reversed(started):
-            service.stop()
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_url(services_dir: Path) -> Iterator[str]:
+    """``MONGO_URL``, or an embedded SecantusDB started for the session."""
+    url = os.environ.get("MONGO_URL")
+    if url:
+        yield url
+        return
+    from imgflow.embedded import start_mongo
+
+    mongo = start_mongo(services_dir / "mongo", services_dir / "logs")
+    try:
+        yield mongo.url
+    finally:
+        mongo.stop()
+
+
+@pytest.fixture(scope="session")
+def services(broker_url: str, mongo_url: str, default_model_spec: Path) -> Services:
+    """Everything a worker process needs: the broker, MongoDB and the default model."""
+    return Services(broker_url=broker_url, mongo_url=mongo_url, model_spec=default_model_spec)
 
 
 @pytest.fixture

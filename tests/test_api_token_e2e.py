@@ -12,7 +12,7 @@ import secrets
 import pytest
 from PIL import Image
 
-from dashboard.data_store import LiveFeed
+from dashboard.feed import LiveFeed
 from tests.support import Pipeline, Worker, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -8,11 +8,13 @@ cookies Panel sets, no browser.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -23,7 +25,6 @@ from pydantic import SecretStr
 
 from dashboard.serve import APP, AuthConfigError, serve_command
 from imgflow.embedded import Service, free_port, wait_for_port
-from tests.support import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,17 +96,24 @@ def test_a_credentials_setup_that_cannot_protect_is_refused(tmp_path: Path, cont
 
 
 @pytest.fixture
-def dashboard(pipeline: Pipeline, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The dashboard with basic auth for alice, on a loopback port; (base URL, its log)."""
+def dashboard(mongo_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The dashboard with basic auth for alice, on a loopback port; (base URL, its log).
+
+    Only MongoDB behind it: no broker, no worker, no model (the page renders without them).
+    """
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"alice": "wonderland"}))
     port = free_port()
-    env = pipeline.env(
-        IMGFLOW_DASHBOARD_AUTH_FILE=str(users),
-        IMGFLOW_COOKIE_SECRET=secrets.token_urlsafe(32),
-        IMGFLOW_WORKER_URLS=f"http://127.0.0.1:{free_port()}",  # no worker: the page still renders
-        PYTHONPATH=str(ROOT),
-    )
+    env = {
+        **os.environ,
+        "MONGO_URL": mongo_url,
+        "MONGO_DB": f"dash_auth_{uuid.uuid4().hex[:8]}",
+        "IMGFLOW_HOME": str(tmp_path / "home"),
+        "IMGFLOW_DASHBOARD_AUTH_FILE": str(users),
+        "IMGFLOW_COOKIE_SECRET": secrets.token_urlsafe(32),
+        "IMGFLOW_WORKER_URLS": f"http://127.0.0.1:{free_port()}",  # no worker: the page still renders
+        "PYTHONPATH": str(ROOT),
+    }
     origin = f"127.0.0.1:{port}"
     service = Service("dashboard", port, tmp_path / "dashboard.log")
     argv = [sys.executable, "-m", "dashboard.serve", "--port", str(port), "--allow-websocket-origin", origin]

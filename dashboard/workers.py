@@ -1,0 +1,109 @@
+"""The dashboard's client of the workers' web views: ``GET /counts/`` and ``GET /health/``.
+
+Plain ``urllib`` with short timeouts: the shared feed calls it from a thread
+once per refresh, and a worker that does not answer must cost seconds, not a
+stuck page. Reads may be protected by ``IMGFLOW_API_TOKEN``, so every request
+carries the headers ``imgflow.web.auth.auth_headers`` gives for the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from typing import Any
+
+from dashboard.queries import model_key
+
+HTTP_TIMEOUT = 3.0
+
+
+def configured_urls() -> list[str]:
+    """IMGFLOW_WORKER_URLS: the workers the dashboard may ask."""
+    from imgflow.settings import get_settings
+
+    return get_settings().worker_url_list
+
+
+def configured_headers() -> dict[str, str]:
+    """``Authorization: Bearer`` when IMGFLOW_API_TOKEN is set (reads may be protected), else none."""
+    from imgflow.settings import get_settings
+    from imgflow.web.auth import auth_headers
+
+    return auth_headers(get_settings())
+
+
+def fetch_json(
+    url: str, timeout: float = HTTP_TIMEOUT, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """GET ``url``; (status, parsed JSON). Raises OSError/ValueError when nobody answers sensibly.
+
+    ``headers`` carry the workers' API token (``configured_headers()``) when one is set.
+    """
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body or b"null")
+        except ValueError:
+            return exc.code, None
+
+
+def fetch_counts(
+    urls: Iterable[str],
+    windows: int = 30,
+    timeout: float = HTTP_TIMEOUT,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Cluster-wide label counts from the first worker that answers ``GET /counts/``.
+
+    Any worker answers for the whole cluster (it fans out to the owners), so
+    one good answer is enough; the others are only tried when it fails.
+    """
+    errors: dict[str, str] = {}
+    for url in urls:
+        try:
+            status, body = fetch_json(f"{url}/counts/?windows={windows}", timeout, headers)
+        except (OSError, ValueError) as exc:
+            errors[url] = f"{type(exc).__name__}: {exc}"
+            continue
+        if status == 200 and isinstance(body, dict) and "windows" in body:
+            return {"ok": True, "url": url, "body": body, "errors": errors}
+        errors[url] = f"HTTP {status}"
+    return {"ok": False, "url": None, "body": None, "errors": errors}
+
+
+def worker_health(
+    urls: Iterable[str], timeout: float = 2.0, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per configured worker: up / starting / down, its models and lag."""
+    rows = []
+    for url in urls:
+        row: dict[str, Any] = {"url": url, "status": "down", "models": [], "lag": None, "error": ""}
+        try:
+            status, body = fetch_json(f"{url}/health/", timeout, headers)
+        except (OSError, ValueError) as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            body = body if isinstance(body, dict) else {}
+            row["status"] = "ok" if status == 200 else str(body.get("status") or f"HTTP {status}")
+            row["models"] = [model_key(m.get("name"), m.get("version")) for m in body.get("models") or []]
+            row["lag"] = body.get("lag")
+            row["stalled"] = body.get("stalled") or []
+        rows.append(row)
+    return rows
+
+
+def current_window(body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The window to draw as bars: the current one, or the newest if the current is empty."""
+    if not body:
+        return None
+    current = body.get("current") or {}
+    if current.get("total"):
+        return current
+    windows = body.get("windows") or []
+    return windows[0] if windows else (current or None)
