@@ -156,12 +156,12 @@ def prediction(image_id: str, label: str = "cat") -> bytes:
 
 
 @pytest.mark.e2e
-async def test_store_writes_then_emits_one_stored_event_per_prediction(services, tmp_path: Path):
+async def test_store_writes_then_emits_one_stored_event_per_prediction(mongo_url: str, tmp_path: Path):
     from imgflow.mongo import connect
     from imgflow.storage import Store
 
     db_name = f"stages_{tmp_path.name[-8:]}"
-    sink = Store(services.mongo_url, db_name)
+    sink = Store(mongo_url, db_name)
     out, stored = channel()
     bad, failed = channel()
     agent = run_in_agent(lambda: store.stage(sink, output=out, failures=bad))
@@ -174,20 +174,20 @@ async def test_store_writes_then_emits_one_stored_event_per_prediction(services,
     await sink.close()
     assert sorted(json.loads(e.value)["image_id"] for e in events) == ["a", "b"]
     assert parse(Failure, malformed.value).kind == "malformed_message"
-    db = connect(services.mongo_url)[db_name]
+    db = connect(mongo_url)[db_name]
     assert {d["_id"]: d["label"] for d in db.images.find({}, {"label": 1})} == {"a": "cat", "b": "dog"}
 
 
 @pytest.mark.e2e
-async def test_failures_stage_stores_records_and_keeps_malformed_dead_letters(services, tmp_path: Path):
+async def test_failures_stage_stores_records_and_keeps_malformed_dead_letters(mongo_url: str, tmp_path: Path):
     from imgflow.mongo import connect
     from imgflow.storage import Store
 
     db_name = f"stages_{tmp_path.name[-8:]}"
-    sink = Store(services.mongo_url, db_name)
+    sink = Store(mongo_url, db_name)
     agent = run_in_agent(lambda: failures.stage(sink))
     record = Failure(image_id="a", stage="decode", kind="missing_file", message="gone", failed_at=1.0)
-    db = connect(services.mongo_url)[db_name]
+    db = connect(mongo_url)[db_name]
     async with agent.test_context() as a:
         await a.put(dumps(record), key=b"a", wait=False)
         await a.put(b"not json", key=b"z", wait=False)
