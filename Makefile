@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install imgflow with its dev tools
 
 $(MODEL_SPEC): | $(STAMP)
-	$(BIN)/python -m models.efficientnet_lite build --out $(dir $(MODEL_SPEC))
+	$(BIN)/faust -A imgflow build-model --out $(dir $(MODEL_SPEC))
 
 model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, once)
 
