@@ -34,8 +34,8 @@ browser: ## Install Debian's Chromium for the dashboard's browser test (apt-get,
 test: $(STAMP) browser ## Run the whole test suite (starts embedded services unless BROKER_URL/MONGO_URL are set)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB)
-	$(BIN)/python -m pytest -q -m "not e2e"
+test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB, no TensorFlow model)
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

