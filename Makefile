@@ -37,9 +37,10 @@ test: $(STAMP) browser ## Run the whole test suite (starts embedded services unl
 test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB, no TensorFlow model)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint and format check, mypy (strict on the core; see pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .

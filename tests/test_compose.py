@@ -87,7 +87,7 @@ def hosts(url: str) -> list[tuple[str, int | None]]:
     rest = url.split("://", 1)[1] if "://" in url else url
     # Credentials first: they may be ${VAR:?message} references, which hold "?".
     netloc = rest.rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0]
-    pairs = []
+    pairs: list[tuple[str, int | None]] = []
     for hostport in netloc.replace(";", ",").split(","):
         host, sep, port = hostport.strip().rpartition(":")
         pairs.append((host, int(port)) if sep else (port, None))

@@ -32,7 +32,7 @@ def test_chain_classifies_good_images_and_records_every_bad_one(pipeline: Pipeli
     assert len(dataset) >= 50
 
     good: dict[str, Path] = {}
-    messages = []
+    messages: list[tuple[bytes | None, bytes]] = []
     for path in [*dataset, *odd.values()]:
         key, value = path_message(path, source="test")
         good[key.decode()] = path
