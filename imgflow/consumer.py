@@ -111,11 +111,13 @@ def starting_points(committed: Mapping[TP, int | None], reset_to: Mapping[TP, in
     }
 
 
-async def _committed_and_reset(aio: Any, tps: list[Any], reset: str) -> tuple[dict, dict]:
+async def _committed_and_reset(
+    aio: Any, tps: list[Any], reset: str
+) -> tuple[dict[Any, int | None], dict[Any, int]]:
     """Runs on the consumer thread: committed offsets, and reset offsets for the uncommitted."""
     committed = {tp: await aio.committed(tp) for tp in tps}
     missing = [tp for tp, offset in committed.items() if offset is None or offset < 0]
-    reset_to: dict = {}
+    reset_to: dict[Any, int] = {}
     if missing:
         if reset == "latest":
             reset_to = await aio.end_offsets(missing)
@@ -158,7 +160,7 @@ async def perform_seek(self: Any) -> None:
 
 def _parked(consumer: Any) -> asyncio.Event:
     """Set while the fetch loop waits for the flow to resume (it delivers nothing then)."""
-    event = consumer.__dict__.get("_imgflow_parked")
+    event: asyncio.Event | None = consumer.__dict__.get("_imgflow_parked")
     if event is None:
         event = consumer.__dict__["_imgflow_parked"] = asyncio.Event()
     return event

@@ -97,7 +97,7 @@ def decode_bytes(data: bytes, file_name: str, limits: Limits) -> tuple[Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             img_format = img.format or "unknown"
             width, height = img.size
             if width * height > limits.max_pixels:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from faust.types import TP
 
@@ -76,7 +77,9 @@ STALLED: set[TP] = set()
 _watch = StallWatch(after=settings.stall_seconds)
 
 
-def in_flight(consumer, channels) -> dict[TP, int]:
+# The consumer is typed Any here: what liveness reads (_unacked_messages, _committed_offset,
+# _paused_partitions) is Faust's concrete Consumer, not its ConsumerT interface.
+def in_flight(consumer: Any, channels: Iterable[Any]) -> dict[TP, int]:
     """Messages per partition taken and not acknowledged, or waiting in an agent's queue."""
     counts: dict[TP, int] = {}
     for message in list(consumer._unacked_messages):
@@ -90,7 +93,7 @@ def in_flight(consumer, channels) -> dict[TP, int]:
     return counts
 
 
-def observe_consumer(consumer) -> dict[TP, Progress]:
+def observe_consumer(consumer: Any) -> dict[TP, Progress]:
     from imgflow.consumer import stream_partitions
 
     flying = in_flight(consumer, app.topics)
@@ -102,13 +105,13 @@ def observe_consumer(consumer) -> dict[TP, Progress]:
     }
 
 
-@app.timer(max(0.5, settings.stall_seconds / 4))
+@app.timer(max(0.5, settings.stall_seconds / 4))  # type: ignore[untyped-decorator]  # Faust types it as a bare Callable
 async def watch_partitions() -> None:
     from imgflow.consumer import reseek
 
-    if app.rebalancing or not app.tables.recovery.completed.is_set():
+    if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]  # concrete TableManager's
         return
-    consumer = app.consumer
+    consumer: Any = app.consumer  # Faust's concrete Consumer (see in_flight)
     stalled = _watch.observe(time.monotonic(), observe_consumer(consumer))
     STALLED.clear()
     STALLED.update(stalled)

@@ -141,8 +141,8 @@ def _from_object(record_type: type[R], data: dict[str, Any]) -> R:
 
 def _require_fields(record_type: type[faust.Record], data: dict[str, Any]) -> None:
     """Faust coerces ``None`` and numbers into ``str`` fields; reject that here."""
-    fields = record_type._options.fields  # type: ignore[attr-defined]
-    defaults = record_type._options.defaults  # type: ignore[attr-defined]
+    fields = record_type._options.fields
+    defaults = record_type._options.defaults
     for name, typ in fields.items():
         if name not in data:
             if name not in defaults:

@@ -280,7 +280,7 @@ async def replay(
     dry_run: bool = False,
     replay_id: str | None = None,
     settings: Settings | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> ReplayReport:
     """Select records of ``imgflow-<topic_kind>`` and (unless ``dry_run``) re-publish them."""
     settings = settings or get_settings()

@@ -9,28 +9,11 @@ or built. Typical use on worker start, then per batch::
     classifier.predict(np.stack(batch))         # classify stage: one call per batch
 """
 
-from typing import TYPE_CHECKING, Any
-
 from .backends import Classifier, ModelLoadError, load_classifier
+from .efficientnet_lite import build_default_model, imagenet_labels
 from .preprocess import Prediction, fit_to_input, interpret, normalize, top_k
 from .spec import ModelError, ModelSpec, ModelSpecError, load_spec
 from .torch_pickle import load_legacy_state_dict
-
-if TYPE_CHECKING:
-    from .efficientnet_lite import build_default_model, imagenet_labels
-
-# Resolved on first use, so that `python -m models.efficientnet_lite` does not find its own
-# module already imported by this package (runpy warns about that).
-_LAZY = {"build_default_model", "imagenet_labels"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import efficientnet_lite
-
-        return getattr(efficientnet_lite, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "Classifier",

@@ -88,6 +88,7 @@ class _SavedModelRunner(_Runner):
             raise ModelSpecError(
                 f"{spec.key}: serving_default must take one image tensor, it takes {len(inputs)}"
             )
+        self.input_name: str | None
         self.input_name, input_spec = next(iter(kwargs.items())) if kwargs else (None, args[0])
         self.input_dtype = input_spec.dtype
         self.input_shape = _dims(input_spec.shape)
@@ -162,7 +163,8 @@ class _TFLiteRunner(_Runner):
     def _dequantize(self, y: np.ndarray) -> np.ndarray:
         scale, zero_point = self.output_detail["quantization"]
         if scale and not np.issubdtype(y.dtype, np.floating):
-            return (y.astype(np.float32) - zero_point) * scale
+            dequantized: np.ndarray = (y.astype(np.float32) - zero_point) * scale
+            return dequantized
         return y
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:

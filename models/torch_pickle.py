@@ -136,7 +136,7 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
     return data
 
 
-def _new_ordered_dict(*args: Any) -> OrderedDict:
+def _new_ordered_dict(*args: Any) -> OrderedDict[str, Any]:
     """Only the empty constructor call that pickles of OrderedDicts make."""
     if args:
         raise pickle.UnpicklingError("OrderedDict may only be created empty")

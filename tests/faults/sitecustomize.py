@@ -21,6 +21,7 @@ import asyncio
 import functools
 import os
 import sys
+from typing import Any
 
 _DELAY = float(os.environ.get("IMGFLOW_FAULT_SEEK_DELAY") or 0)
 _DROP = os.environ.get("IMGFLOW_FAULT_DROP", "")
@@ -41,12 +42,13 @@ def _delayed(method):
 if _DELAY > 0:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    AIOKafkaConsumerThread.seek_to_committed = _delayed(AIOKafkaConsumerThread.seek_to_committed)
-    AIOKafkaConsumerThread.seek_wait = _delayed(AIOKafkaConsumerThread.seek_wait)
+    # Patching methods is the point of this file.
+    AIOKafkaConsumerThread.seek_to_committed = _delayed(AIOKafkaConsumerThread.seek_to_committed)  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.seek_wait = _delayed(AIOKafkaConsumerThread.seek_wait)  # type: ignore[method-assign]
 
 
 def _dropping(callback, suffix: str, partition: int, offset: int):
-    dropped = []
+    dropped: list[Any] = []
 
     async def on_message(message):
         if (
@@ -73,4 +75,4 @@ if _DROP:
         _init(self, *args, **kwargs)
         self.callback = _dropping(self.callback, _suffix, int(_partition), int(_offset))
 
-    Consumer.__init__ = __init__
+    Consumer.__init__ = __init__  # type: ignore[method-assign]
