@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, overload
 
 from imgflow.imaging import ImageRejected
 from imgflow.records import Failure, MalformedMessage, dumps, message_id
@@ -41,7 +41,14 @@ MAX_MESSAGE_CHARS = 1000
 MAX_FIELD_CHARS = 1024
 
 
+@overload
+def clip(text: str, limit: int) -> str: ...
+@overload
+def clip(text: str | None, limit: int) -> str | None: ...
+
+
 def clip(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
     if text is None or len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text):,} characters)"
