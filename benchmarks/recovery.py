@@ -74,12 +74,13 @@ def changelog_entries(keys: int, now: float) -> tuple[dict[str, list[tuple[int, 
             label = f"label-{i:04d}"
             partition = (murmur2(label.encode()) & 0x7FFFFFFF) % PARTITIONS  # as group_by sends it
             model_key = f"{label}{SEP}bench:1"
-            for table, key in (
-                ("label_counts", label),
-                ("label_model_counts", model_key),
-                ("label_counted", f"{model_key}{SEP}{uuid.uuid4().hex}"),
+            # Count tables hold [count, position]; label_counted the position that counted it.
+            for table, key, value in (
+                ("label_counts", label, [1, 1]),
+                ("label_model_counts", model_key, [1, 1]),
+                ("label_counted", f"{model_key}{SEP}{uuid.uuid4().hex}", 1),
             ):
-                out[table].append((partition, codecs.dumps("json", (key, span)), codecs.dumps("json", 1)))
+                out[table].append((partition, codecs.dumps("json", (key, span)), codecs.dumps("json", value)))
             n += 1
     return out, images
 
