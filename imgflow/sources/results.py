@@ -1,9 +1,7 @@
-"""Putting images into the chain, and hearing back what became of them.
+"""What became of submitted images: the one reader of ``imgflow-stored`` and ``imgflow-failed``.
 
-Every source (``submit``, ``watch``, ``simulate``, ``POST /images/``) builds its
-messages with :func:`path_message`, where the ``image_id`` is assigned once,
-and publishes them with :func:`submit`, which returns only after the broker has
-acknowledged every message.
+``submit --wait``, the watcher's lifecycle and the throughput benchmark all
+hear back through :class:`ResultWatch` and :func:`wait_for_results`.
 
 :class:`ResultWatch` follows ``imgflow-stored`` and ``imgflow-failed`` with a
 plain aiokafka consumer (``group_id=None``: no group, no commits, no effect on
@@ -17,53 +15,14 @@ Only the ids it was asked about are kept.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from imgflow.records import Failure, ImagePath, MalformedMessage, Stored, dumps, new_image_id, parse
+from imgflow.records import Failure, MalformedMessage, Stored, parse
 from imgflow.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
-
-
-def path_message(
-    path: Path,
-    source: str,
-    *,
-    model: str | None = None,
-    attrs: dict | None = None,
-    image_id: str | None = None,
-) -> ImagePath:
-    """A new image entering the chain: its id is assigned here, once.
-
-    Sources that must survive a restart (the folder watcher) assign the id
-    earlier, persist it, and pass it in, so a resend carries the same id.
-    """
-    return ImagePath(
-        image_id=image_id or new_image_id(),
-        path=str(path.resolve()),
-        source=source,
-        submitted_at=time.time(),
-        model=model,
-        attrs=attrs or {},
-    )
-
-
-async def submit(messages: Iterable[ImagePath]) -> list[str]:
-    """Publish path messages and wait for the broker to have them; returns ids."""
-    from imgflow.topics import paths_topic, publish_all
-
-    batch = list(messages)
-    await publish_all(paths_topic, [(m.image_id, dumps(m)) for m in batch])
-    return [m.image_id for m in batch]
-
-
-# Results ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -258,13 +217,18 @@ class ResultWatch:
         return self.expected - self.done.keys()
 
 
-async def wait_for(
+async def wait_for_results(
     watch: ResultWatch,
     ids: list[str],
-    timeout: float | None,
-    on_outcome: Any = None,
+    timeout: float | None = None,
+    on_outcome: Callable[[Outcome], object] | None = None,
 ) -> Summary:
-    """Block until every id has a result or ``timeout`` seconds pass."""
+    """Block until every id has a result or ``timeout`` seconds pass.
+
+    ``watch`` must have been started before ``ids`` were published: its start
+    fixes the position results are read from, so none can slip past.
+    ``on_outcome`` sees each result as it arrives (a progress bar, a clock).
+    """
     started = time.monotonic()
     watch.expect(ids)
     wanted = set(ids)
