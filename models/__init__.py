@@ -12,7 +12,7 @@ or built. Typical use on worker start, then per batch::
 from typing import TYPE_CHECKING, Any
 
 from .backends import Classifier, ModelLoadError, load_classifier
-from .preprocess import Prediction, fit_to_input, interpret, normalize, top_k
+from .preprocess import TopK, fit_to_input, interpret, normalize, top_k
 from .spec import ModelError, ModelSpec, ModelSpecError, load_spec
 from .torch_pickle import load_legacy_state_dict
 
@@ -38,7 +38,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSpec",
     "ModelSpecError",
-    "Prediction",
+    "TopK",
     "build_default_model",
     "fit_to_input",
     "imagenet_labels",
