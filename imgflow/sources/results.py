@@ -1,15 +1,16 @@
 """What became of submitted images: the one reader of ``imgflow-stored`` and ``imgflow-failed``.
 
-``submit --wait``, the watcher's lifecycle and the throughput benchmark all
-hear back through :class:`ResultWatch` and :func:`wait_for_results`.
+``submit --wait``, the watcher's lifecycle and the throughput benchmark hear
+back through :class:`ResultWatch` and :func:`wait_for_results`; the launcher's
+live tail reads through the same :class:`ResultReader`.
 
-:class:`ResultWatch` follows ``imgflow-stored`` and ``imgflow-failed`` with a
+:class:`ResultReader` follows ``imgflow-stored`` and ``imgflow-failed`` with a
 plain aiokafka consumer (``group_id=None``: no group, no commits, no effect on
 the workers) from a position taken *before* the images are published, so no
 result can slip past it. On the embedded broker ``end_offsets`` may answer an
 offset slightly before the true end (DESIGN section 8); starting early only
-means reading a few older records, which are filtered out by ``image_id``.
-Only the ids it was asked about are kept.
+means reading a few older records, which :class:`ResultWatch` filters out by
+``image_id``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from imgflow.records import Failure, MalformedMessage, Stored, parse
 from imgflow.settings import Settings, get_settings
@@ -105,22 +106,26 @@ class Summary:
         return out
 
 
-class ResultWatch:
-    """Results of chosen images, read from ``imgflow-stored`` / ``imgflow-failed``.
+class ResultReader:
+    """Records of ``imgflow-stored`` / ``imgflow-failed`` from a position taken at :meth:`start`.
 
-    Call :meth:`start` *before* publishing (it fixes the start position), then
-    :meth:`expect` the ids, then iterate :meth:`outcomes`. A topic that does not
-    exist yet (no worker has run) is picked up from its beginning once it
-    appears. The first result per id wins, except that a ``stored`` result
-    replaces an earlier failure (a dead letter that a retry fixed).
+    No group, no commits: reading never moves the workers' offsets, and any
+    number of readers may run. Topics that exist at the start are read from
+    their end; a topic that does not exist yet (no worker has run) is picked up
+    from its beginning once it appears. ``kinds`` chooses the topics (the
+    launcher tails only ``stored``).
     """
 
-    def __init__(self, settings: Settings | None = None, *, refresh_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        kinds: Iterable[str] = ("stored", "failed"),
+        refresh_seconds: float = 2.0,
+    ) -> None:
         self.settings = settings or get_settings()
-        self.topics = {self.settings.topic("stored"): "stored", self.settings.topic("failed"): "failed"}
+        self.topics = {self.settings.topic(kind): kind for kind in kinds}
         self.refresh_seconds = refresh_seconds
-        self.expected: set[str] = set()
-        self.done: dict[str, Outcome] = {}
         self._consumer: Any = None
         self._assigned: set[Any] = set()
         self._last_refresh = 0.0
@@ -142,20 +147,12 @@ class ResultWatch:
             await self._consumer.stop()
             self._consumer = None
 
-    async def __aenter__(self) -> ResultWatch:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def expect(self, ids: Iterable[str]) -> None:
-        self.expected.update(ids)
-
-    def forget(self, ids: Iterable[str]) -> None:
-        for image_id in ids:
-            self.expected.discard(image_id)
-            self.done.pop(image_id, None)
 
     @property
     def missing_topics(self) -> list[str]:
@@ -191,25 +188,51 @@ class ResultWatch:
         else:
             await consumer.seek_to_beginning(*sorted(new))
 
-    async def poll(self, timeout: float = 1.0) -> list[Outcome]:
-        """New outcomes for expected ids; waits up to ``timeout`` for records."""
+    async def read(self, timeout: float = 1.0) -> list[tuple[str, bytes | None]]:
+        """New ``(kind, value)`` records; waits up to ``timeout`` for some."""
         if self.missing_topics and time.monotonic() - self._last_refresh >= self.refresh_seconds:
             await self._assign_new(at_end=False)
         if not self._assigned:
             await asyncio.sleep(timeout)  # nothing to read from until a worker creates the topics
             return []
         batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=1000)
+        return [(self.topics[tp.topic], r.value) for tp, records in batches.items() for r in records]
+
+
+class ResultWatch(ResultReader):
+    """Results of chosen images, read from ``imgflow-stored`` / ``imgflow-failed``.
+
+    Call :meth:`start` *before* publishing (it fixes the start position), then
+    :meth:`expect` the ids, then :meth:`poll` (or :func:`wait_for_results`).
+    Only the ids asked about are kept. The first result per id wins, except
+    that a ``stored`` result replaces an earlier failure (a dead letter that a
+    retry fixed).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, refresh_seconds: float = 2.0) -> None:
+        super().__init__(settings, refresh_seconds=refresh_seconds)
+        self.expected: set[str] = set()
+        self.done: dict[str, Outcome] = {}
+
+    def expect(self, ids: Iterable[str]) -> None:
+        self.expected.update(ids)
+
+    def forget(self, ids: Iterable[str]) -> None:
+        for image_id in ids:
+            self.expected.discard(image_id)
+            self.done.pop(image_id, None)
+
+    async def poll(self, timeout: float = 1.0) -> list[Outcome]:
+        """New outcomes for expected ids; waits up to ``timeout`` for records."""
         found: list[Outcome] = []
-        for tp, records in batches.items():
-            kind = self.topics[tp.topic]
-            for record in records:
-                outcome = outcome_of(kind, record.value)
-                if outcome is None or outcome.image_id not in self.expected:
-                    continue
-                previous = self.done.get(outcome.image_id)
-                if previous is None or (previous.status == "failed" and outcome.status == "stored"):
-                    self.done[outcome.image_id] = outcome
-                    found.append(outcome)
+        for kind, value in await self.read(timeout):
+            outcome = outcome_of(kind, value)
+            if outcome is None or outcome.image_id not in self.expected:
+                continue
+            previous = self.done.get(outcome.image_id)
+            if previous is None or (previous.status == "failed" and outcome.status == "stored"):
+                self.done[outcome.image_id] = outcome
+                found.append(outcome)
         return found
 
     @property
