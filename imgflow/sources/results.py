@@ -166,14 +166,16 @@ class ResultReader:
 
         consumer = self._consumer
         self._last_refresh = time.monotonic()
-        existing = await consumer.topics()  # refreshes the metadata
+        # Fresh metadata: consumer.topics() fetches it but drops it, and partitions_for_topic()
+        # reads the client's cache, which learns of a topic created after the start only at its
+        # next refresh (metadata_max_age_ms, 5 minutes). aiokafka has no public call for this.
+        cluster = await consumer._client.fetch_all_metadata()
         new = set()
         for topic in self.topics:
-            if topic in existing:
-                for partition in consumer.partitions_for_topic(topic) or ():
-                    tp = TopicPartition(topic, partition)
-                    if tp not in self._assigned:
-                        new.add(tp)
+            for partition in cluster.partitions_for_topic(topic) or ():
+                tp = TopicPartition(topic, partition)
+                if tp not in self._assigned:
+                    new.add(tp)
         if not new:
             return
         # assign() replaces the assignment and forgets positions: keep ours.
