@@ -2,7 +2,8 @@
 
 Starts the embedded broker and MongoDB-protocol server, then for each
 configuration runs real workers, publishes N image paths at once and measures
-from the first publish to the last stored result (read from ``imgflow-stored``).
+from the first publish to the last result (read from ``imgflow-stored`` / ``imgflow-failed``
+by the same reader ``submit --wait`` uses).
 Reports images/s and time to the first result; compare configurations as
 ratios within one run (the machine is shared and noisy).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import subprocess
 import sys
@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from imgflow.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
+from imgflow.settings import Settings
 from models.efficientnet_lite import build_default_model
 from simulator.dataset import write_dataset
 
@@ -45,47 +46,24 @@ def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 18
     raise TimeoutError("worker not ready")
 
 
-async def run_once(bootstrap: str, prefix: str, paths: list[Path]) -> tuple[float, float]:
-    """Publish ``paths`` and wait for all of them on the stored topic: (elapsed, first result)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+async def run_once(settings: Settings, paths: list[Path]) -> tuple[float, float]:
+    """Publish ``paths`` and wait until each has a result: (elapsed, first result), in seconds."""
+    from imgflow.sources.publish import path_message, publish_paths
+    from imgflow.sources.results import ResultWatch, wait_for_results
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    topic = f"{prefix}-stored"
-    partitions = consumer.partitions_for_topic(topic) or set()
-    if not partitions:
-        await consumer.force_metadata_update()  # type: ignore[attr-defined]
-        partitions = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    ids = set()
-    started = time.perf_counter()
-    for p in paths:
-        image_id = uuid.uuid4().hex
-        ids.add(image_id)
-        body = json.dumps({"image_id": image_id, "path": str(p), "source": "bench"}).encode()
-        await producer.send(f"{prefix}-paths", body, key=image_id.encode())
-    await producer.flush()
-    seen: set[str] = set()
-    first = None
-    while len(seen) < len(ids):
-        batches = await consumer.getmany(timeout_ms=1000)
-        for records in batches.values():
-            for rec in records:
-                image_id = json.loads(rec.value)["image_id"]
-                if image_id in ids:
-                    seen.add(image_id)
-                    if first is None:
-                        first = time.perf_counter() - started
+    firsts: list[float] = []
+    async with ResultWatch(settings) as watch:  # its position is taken before publishing
+        started = time.perf_counter()
+        messages = [path_message(p, "bench") for p in paths]
+        watch.expect(m.image_id for m in messages)
+        await publish_paths(messages, settings=settings)
+        summary = await wait_for_results(
+            watch, [m.image_id for m in messages], on_outcome=lambda _: firsts.append(time.perf_counter())
+        )
     elapsed = time.perf_counter() - started
-    await producer.stop()
-    await consumer.stop()
-    return elapsed, first or elapsed
+    if summary.failed:
+        print(f"  {summary.failed} images failed: {dict(summary.failure_kinds)}", flush=True)
+    return elapsed, (firsts[0] - started) if firsts else elapsed
 
 
 def main() -> int:
@@ -105,6 +83,7 @@ def main() -> int:
             n_workers, batch = (int(x) for x in config.split("x"))
             prefix = f"bench{uuid.uuid4().hex[:6]}"
             env = deployment_env(broker.url, mongo.url, prefix, home, spec, IMGFLOW_BATCH_SIZE=str(batch))
+            settings = Settings(BROKER_URL=broker.url, IMGFLOW_TOPIC_PREFIX=prefix)
             workers: list[Service] = []
             try:
                 for _ in range(n_workers):
@@ -116,9 +95,9 @@ def main() -> int:
                     assert worker.proc is not None
                     wait_ready(worker.port, worker.proc, worker.log_path)
                 # Warm-up: the first images pay for graph tracing and connection set-up.
-                _cold, cold_first = asyncio.run(run_once(broker.bootstrap, prefix, paths[:8]))
+                _cold, cold_first = asyncio.run(run_once(settings, paths[:8]))
                 print(f"{config:>6}: first result {cold_first:.2f}s after publishing to a fresh worker")
-                elapsed, first = asyncio.run(run_once(broker.bootstrap, prefix, paths))
+                elapsed, first = asyncio.run(run_once(settings, paths))
                 results.append((config, len(paths) / elapsed, first, elapsed))
                 print(
                     f"{config:>6}: {len(paths) / elapsed:6.1f} images/s end to end "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -102,32 +101,27 @@ def ensure_model(settings: Settings) -> Path:
 
 
 async def tail_stored(
-    bootstrap: str, topic: str, stop: asyncio.Event, started: float, check: Callable[[], None]
+    settings: Settings, stop: asyncio.Event, started: float, check: Callable[[], None]
 ) -> None:
-    """Print each stored result as it lands (a consumer, not a poll)."""
-    from aiokafka import AIOKafkaConsumer
+    """Print each stored result as it lands (the one result reader, not a poll)."""
+    from imgflow.records import MalformedMessage, Stored, parse
+    from imgflow.sources.results import ResultReader
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest")
-    await consumer.start()
     first = True
-    try:
+    async with ResultReader(settings, kinds=("stored",)) as reader:
         while not stop.is_set():
             check()
-            batches = await consumer.getmany(timeout_ms=1000)
-            for records in batches.values():
-                for rec in records:
-                    with suppress(ValueError, KeyError):
-                        doc = json.loads(rec.value)
-                        if first:
-                            print(f"first result stored {time.monotonic() - started:.1f}s after start")
-                            first = False
-                        print(
-                            f"stored {doc['image_id'][:12]}  {doc['label']:<28} "
-                            f"{doc['score']:.2f}  {doc['model']} {doc['model_version']}",
-                            flush=True,
-                        )
-    finally:
-        await consumer.stop()
+            for _, value in await reader.read(1.0):
+                with suppress(MalformedMessage):
+                    stored = parse(Stored, value)
+                    if first:
+                        print(f"first result stored {time.monotonic() - started:.1f}s after start")
+                        first = False
+                    print(
+                        f"stored {stored.image_id[:12]}  {stored.label:<28} "
+                        f"{stored.score:.2f}  {stored.model} {stored.model_version}",
+                        flush=True,
+                    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,15 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         for svc in stack.services:
             if svc.name.startswith("worker") and svc.proc is not None:
                 wait_for_port(svc.port, svc.proc, 120, svc.name)
-        bootstrap = stack.env["BROKER_URL"].split("://", 1)[1].split(",")[0]
         if args.quiet:
             while True:
                 stack.report_exits()
                 time.sleep(1)
         else:
-            asyncio.run(
-                tail_stored(bootstrap, settings.topic("stored"), stopping, started, stack.report_exits)
-            )
+            tail = Settings(BROKER_URL=stack.env["BROKER_URL"])
+            asyncio.run(tail_stored(tail, stopping, started, stack.report_exits))
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     finally:

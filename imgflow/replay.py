@@ -27,14 +27,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imgflow.records import Failure, ImagePath, MalformedMessage, dumps, message_id, parse, parse_image_path
+from imgflow.records import Failure, ImagePath, MalformedMessage, message_id, parse, parse_image_path
 from imgflow.settings import Settings, get_settings
+from imgflow.sources.publish import publish_paths
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,19 @@ class ReplayReport:
     @property
     def selected(self) -> int:
         return sum(self.per_partition.values())
+
+    def in_words(self, dry_run: bool) -> str:
+        """The report as the ``replay`` command prints it."""
+        lines = [f"{'would replay' if dry_run else 'replayed'} {self.selected} records from {self.topic}"]
+        for partition, n in sorted(self.per_partition.items()):
+            lines.append(f"  partition {partition}: {n}")
+        if self.skipped_replays:
+            lines.append(f"  skipped {self.skipped_replays} messages of earlier replays")
+        if self.skipped_malformed:
+            lines.append(f"  skipped {self.skipped_malformed} malformed records")
+        if not dry_run:
+            lines.append(f"replay id {self.replay_id}")
+        return "\n".join(lines)
 
 
 def _item_from(topic_kind: str, value: bytes | None, key: bytes | None, fallback: str) -> ImagePath:
@@ -243,35 +256,6 @@ def replayed(item: ImagePath, cand: Candidate, topic: str, replay_id: str, model
     )
 
 
-@asynccontextmanager
-async def producer(settings: Settings) -> AsyncIterator[Any]:
-    from aiokafka import AIOKafkaProducer
-
-    prod = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        max_request_size=settings.max_message_bytes,
-        acks="all",
-    )
-    await prod.start()
-    try:
-        yield prod
-    finally:
-        await prod.stop()
-
-
-async def publish_paths(settings: Settings, items: list[tuple[ImagePath, list[tuple[str, bytes]]]]) -> int:
-    """Publish path messages (with headers) and wait until the broker has them."""
-    import asyncio
-
-    async with producer(settings) as prod:
-        futures = [
-            await prod.send(settings.topic("paths"), dumps(item), key=item.image_id.encode(), headers=headers)
-            for item, headers in items
-        ]
-        await asyncio.gather(*futures)
-    return len(items)
-
-
 async def replay(
     *,
     topic_kind: str = "paths",
@@ -294,11 +278,11 @@ async def replay(
     replay_id = replay_id or f"replay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     topic = settings.topic(topic_kind)
     report = ReplayReport(replay_id=replay_id, topic=topic)
-    batch: list[tuple[ImagePath, list[tuple[str, bytes]]]] = []
+    batch: list[ImagePath] = []
 
     async def flush() -> None:
         if batch and not dry_run:
-            report.sent += await publish_paths(settings, batch)
+            report.sent += len(await publish_paths(batch, settings=settings))
             if progress:
                 progress(len(batch))
         batch.clear()
@@ -311,12 +295,7 @@ async def replay(
                 report.skipped_malformed += 1
             continue
         report.per_partition[found.partition] += 1
-        message = replayed(found.item, found, topic, replay_id, model)
-        headers = [
-            ("imgflow-replay-id", replay_id.encode()),
-            ("imgflow-origin", f"{topic}/{found.partition}/{found.offset}".encode()),
-        ]
-        batch.append((message, headers))
+        batch.append(replayed(found.item, found, topic, replay_id, model))
         if len(batch) >= 200:
             await flush()
     await flush()
@@ -366,18 +345,17 @@ async def retry_failed(
             replay_id=replay_id,
             attrs={"retry_of": {"kind": doc.get("kind"), "stage": doc.get("stage"), "by": user}},
         )
-        items.append((item, [("imgflow-replay-id", replay_id.encode())]))
+        items.append(item)
     if not items:
         return 0
-    sent = await publish_paths(settings, items)
-    ids = [item.image_id for item, _ in items]
+    ids = await publish_paths(items, settings=settings)
     retried = {"retried_by": user, "retried_at": datetime.now(UTC), "retry_id": replay_id}
     client, db = mongo_db(settings)
     try:
         await asyncio.to_thread(db.failures.update_many, {"_id": {"$in": ids}}, {"$set": retried})
     finally:
         client.close()
-    return sent
+    return len(ids)
 
 
 def image_ids_with_label(settings: Settings, labels: Iterable[str]) -> frozenset[str]:
@@ -389,19 +367,6 @@ def image_ids_with_label(settings: Settings, labels: Iterable[str]) -> frozenset
         client.close()
 
 
-def describe(report: ReplayReport, dry_run: bool) -> str:
-    lines = [f"{'would replay' if dry_run else 'replayed'} {report.selected} records from {report.topic}"]
-    for partition, n in sorted(report.per_partition.items()):
-        lines.append(f"  partition {partition}: {n}")
-    if report.skipped_replays:
-        lines.append(f"  skipped {report.skipped_replays} messages of earlier replays")
-    if report.skipped_malformed:
-        lines.append(f"  skipped {report.skipped_malformed} malformed records")
-    if not dry_run:
-        lines.append(f"replay id {report.replay_id}")
-    return "\n".join(lines)
-
-
 def since_until(since: str | None, until: str | None) -> tuple[float | None, float | None]:
     now = time.time()
     return (parse_time(since, now) if since else None, parse_time(until, now) if until else None)
@@ -410,7 +375,6 @@ def since_until(since: str | None, until: str | None) -> tuple[float | None, flo
 __all__ = [
     "ReplayReport",
     "Selection",
-    "describe",
     "parse_offsets",
     "parse_time",
     "replay",

@@ -11,7 +11,7 @@ or built. Typical use on worker start, then per batch::
 
 from .backends import Classifier, ModelLoadError, load_classifier
 from .efficientnet_lite import build_default_model, imagenet_labels
-from .preprocess import Prediction, fit_to_input, interpret, normalize, top_k
+from .preprocess import TopK, fit_to_input, interpret, normalize, top_k
 from .spec import ModelError, ModelSpec, ModelSpecError, load_spec
 from .torch_pickle import load_legacy_state_dict
 
@@ -21,7 +21,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSpec",
     "ModelSpecError",
-    "Prediction",
+    "TopK",
     "build_default_model",
     "fit_to_input",
     "imagenet_labels",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import Prediction, interpret, normalize
+from .preprocess import TopK, interpret, normalize
 from .spec import ModelError, ModelSpec, ModelSpecError
 
 __all__ = ["Classifier", "ModelLoadError", "load_classifier"]
@@ -223,7 +223,7 @@ class Classifier:
         with self._lock:
             return self._runner(inputs)
 
-    def predict(self, batch: np.ndarray) -> list[Prediction]:
+    def predict(self, batch: np.ndarray) -> list[TopK]:
         """Ranked (label, score) lists, one per image, best first."""
         if len(batch) == 0:
             return []

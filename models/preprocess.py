@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "Prediction",
+    "TopK",
     "fit_to_input",
     "interpret",
     "normalize",
@@ -28,8 +28,9 @@ __all__ = [
     "top_k",
 ]
 
-#: One image's answer: (label, score) pairs, best first.
-Prediction = list[tuple[str, float]]
+#: One image's answer: (label, score) pairs, best first; the classify stage turns it into an
+#: :class:`imgflow.records.Prediction` message.
+TopK = list[tuple[str, float]]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -109,7 +110,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[Prediction]:
+def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[TopK]:
     """The k best (label, score) pairs per row, best first; ties keep class order."""
     scores = np.asarray(probs)
     if scores.ndim != 2:
@@ -123,7 +124,7 @@ def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[Prediction]:
     return [[(labels[i], float(row[i])) for i in idx] for row, idx in zip(scores, order, strict=True)]
 
 
-def interpret(raw_outputs: np.ndarray, spec: ModelSpec) -> list[Prediction]:
+def interpret(raw_outputs: np.ndarray, spec: ModelSpec) -> list[TopK]:
     """Turn one batch of raw model outputs into ranked (label, score) lists per image.
 
     Softmax models give their top-k classes. Sigmoid models give both outcomes, the chosen one
@@ -142,7 +143,7 @@ def interpret(raw_outputs: np.ndarray, spec: ModelSpec) -> list[Prediction]:
         raise ValueError(f"sigmoid model output must be (batch,) or (batch, 1), got {raw.shape}")
     probs = sigmoid(raw) if spec.logits else raw
     negative, positive = spec.labels
-    results: list[Prediction] = []
+    results: list[TopK] = []
     for p in probs:
         p = float(p)
         pos, neg = (positive, p), (negative, 1.0 - p)

@@ -88,11 +88,3 @@ def write_dataset(folder: Path, variants: int = len(VARIANTS)) -> list[Path]:
                 tmp.rename(path)
             written.append(path)
     return written
-
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

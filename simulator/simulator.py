@@ -1,8 +1,10 @@
 """Replay a dataset folder as a live stream of images.
 
 The simulator is a producer: it paces its own sends and either publishes paths
-straight to ``imgflow-paths`` or copies files into a watched folder
-(atomically: written under a hidden ``.part`` name, then renamed). Consumers
+straight to ``imgflow-paths`` (:func:`publish_into_chain`, through the one
+publisher every source uses) or copies files into a watched folder
+(:func:`copy_into`; atomically: written under a hidden ``.part`` name, then
+renamed). Consumers
 never poll; they react to messages or file-system events.
 
 Timing is a pure function of the :class:`Pattern` (:func:`schedule`, then
@@ -80,7 +82,8 @@ class Pattern:
             if self.ramp_seconds <= 0:
                 raise ValueError("ramp needs ramp_seconds > 0")
 
-    def describe(self) -> str:
+    def in_words(self) -> str:
+        """The pattern as the ``simulate`` command announces it."""
         limits = []
         if self.count is not None:
             limits.append(f"{self.count} images")
@@ -188,6 +191,16 @@ async def run(
         sent += len(burst)
         sends += 1
     return RunStats(sent=sent, sends=sends, elapsed=clock() - started, max_lag=max_lag)
+
+
+def publish_into_chain(source: str = "simulator") -> Callable[[list[Path]], Awaitable[None]]:
+    """A sender that publishes each path to ``imgflow-paths``, acknowledged before the next send."""
+    from imgflow.sources.publish import path_message, publish_paths
+
+    async def send(paths: list[Path]) -> None:
+        await publish_paths(path_message(p, source) for p in paths)
+
+    return send
 
 
 def copy_into(folder: Path) -> Callable[[list[Path]], Awaitable[None]]:

@@ -1,14 +1,16 @@
-"""Replay selection parsing and the model comparison query (real MongoDB-protocol server)."""
+"""Replay selection parsing, replay headers, and the model comparison query (real MongoDB-protocol server)."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
 from imgflow.queries import compare_models, model_versions, split_model
 from imgflow.records import ImagePath
-from imgflow.replay import Selection, parse_offsets, parse_time
+from imgflow.replay import Candidate, ReplayReport, Selection, parse_offsets, parse_time, replayed
+from imgflow.sources.publish import path_message, replay_headers
 
 
 def test_parse_time_accepts_durations_and_iso():
@@ -27,6 +29,31 @@ def test_parse_offsets():
     for bad in ["0:20-10", "x:1-2", "1-2"]:
         with pytest.raises(ValueError):
             parse_offsets([bad])
+
+
+def test_replayed_messages_carry_their_origin_in_headers_and_new_ones_none():
+    """The one publisher derives the headers replay used to build by hand."""
+    item = ImagePath(image_id="a", path="/x.jpg", source="submit", submitted_at=1.0)
+    message = replayed(item, Candidate(2, 17, 5000, item), "imgflow-paths", "replay-1", None)
+    assert replay_headers(message) == [
+        ("imgflow-replay-id", b"replay-1"),
+        ("imgflow-origin", b"imgflow-paths/2/17"),
+    ]
+    retry = ImagePath(image_id="b", path="/y.jpg", replay_id="retry-1", attrs={"retry_of": {"kind": "x"}})
+    assert replay_headers(retry) == [("imgflow-replay-id", b"retry-1")]
+    assert replay_headers(path_message(Path("c.jpg"), "submit")) == []
+
+
+def test_the_replay_report_in_words():
+    report = ReplayReport(replay_id="r1", topic="imgflow-paths", skipped_replays=2)
+    report.per_partition.update({1: 3, 0: 4})
+    assert report.in_words(dry_run=True).splitlines() == [
+        "would replay 7 records from imgflow-paths",
+        "  partition 0: 4",
+        "  partition 1: 3",
+        "  skipped 2 messages of earlier replays",
+    ]
+    assert report.in_words(dry_run=False).splitlines()[-1] == "replay id r1"
 
 
 def test_selection_filters():

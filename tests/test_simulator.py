@@ -83,7 +83,7 @@ def test_invalid_patterns_are_refused_readably(kwargs):
 @pytest.mark.parametrize("kind", ["steady", "poisson", "spikes", "ramp"])
 def test_every_pattern_describes_itself(kind: str):
     pattern = Pattern(kind=kind, rate=2, peak_rate=8, count=10, duration=5)
-    assert pattern.describe().startswith(kind + ": ") and "until 10 images or 5s" in pattern.describe()
+    assert pattern.in_words().startswith(kind + ": ") and "until 10 images or 5s" in pattern.in_words()
 
 
 def test_plan_honours_count_and_looping():

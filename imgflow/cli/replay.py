@@ -72,7 +72,7 @@ async def replay(
             settings=settings,
             progress=bar.update,
         )
-    self.say(rp.describe(report, dry_run))
+    self.say(report.in_words(dry_run))
 
 
 @app.command(

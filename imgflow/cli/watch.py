@@ -2,7 +2,7 @@
 
 Run exactly one watcher per set of folders (``faust -A imgflow watch``), not
 one per worker. How files are chosen, when they count as fully written and
-how restarts neither resend nor skip: ``imgflow/watcher.py``. Use ``-l info``
+how restarts neither resend nor skip: ``imgflow/sources/watcher/``. Use ``-l info``
 to see one log line per file sent.
 """
 
@@ -50,8 +50,8 @@ async def watch(
     source: str,
 ) -> None:
     """Watch folders (default: IMGFLOW_WATCH_DIRS) and submit each new image once."""
-    from imgflow.ingest import ResultWatch
-    from imgflow.watcher import FolderWatcher, Journal, JournalLocked
+    from imgflow.sources.results import ResultWatch
+    from imgflow.sources.watcher import FolderWatcher, Journal, JournalLocked
 
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # one line per change batch otherwise
     roots = [Path(d) for d in dirs] or settings.watch_paths

@@ -1,69 +1,29 @@
-"""Putting images into the chain, and hearing back what became of them.
+"""What became of submitted images: the one reader of ``imgflow-stored`` and ``imgflow-failed``.
 
-Every source (``submit``, ``watch``, ``simulate``, ``POST /images/``) builds its
-messages with :func:`path_message`, where the ``image_id`` is assigned once,
-and publishes them with :func:`submit`, which returns only after the broker has
-acknowledged every message.
+``submit --wait``, the watcher's lifecycle and the throughput benchmark hear
+back through :class:`ResultWatch` and :func:`wait_for_results`; the launcher's
+live tail reads through the same :class:`ResultReader`.
 
-:class:`ResultWatch` follows ``imgflow-stored`` and ``imgflow-failed`` with a
+:class:`ResultReader` follows ``imgflow-stored`` and ``imgflow-failed`` with a
 plain aiokafka consumer (``group_id=None``: no group, no commits, no effect on
 the workers) from a position taken *before* the images are published, so no
 result can slip past it. On the embedded broker ``end_offsets`` may answer an
 offset slightly before the true end (DESIGN section 8); starting early only
-means reading a few older records, which are filtered out by ``image_id``.
-Only the ids it was asked about are kept.
+means reading a few older records, which :class:`ResultWatch` filters out by
+``image_id``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from imgflow.records import Failure, ImagePath, MalformedMessage, Stored, dumps, new_image_id, parse
+from imgflow.records import Failure, MalformedMessage, Stored, parse
 from imgflow.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
-
-
-def path_message(
-    path: Path,
-    source: str,
-    *,
-    model: str | None = None,
-    attrs: dict | None = None,
-    image_id: str | None = None,
-) -> ImagePath:
-    """A new image entering the chain: its id is assigned here, once.
-
-    Sources that must survive a restart (the folder watcher) assign the id
-    earlier, persist it, and pass it in, so a resend carries the same id.
-    """
-    return ImagePath(
-        image_id=image_id or new_image_id(),
-        path=str(path.resolve()),
-        source=source,
-        submitted_at=time.time(),
-        model=model,
-        attrs=attrs or {},
-    )
-
-
-async def submit(messages: Iterable[ImagePath]) -> list[str]:
-    """Publish path messages and wait for the broker to have them; returns ids."""
-    from imgflow.topics import paths_topic, publish_all
-
-    batch = list(messages)
-    await publish_all(paths_topic, [(m.image_id, dumps(m)) for m in batch])
-    return [m.image_id for m in batch]
-
-
-# Results ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -146,22 +106,26 @@ class Summary:
         return out
 
 
-class ResultWatch:
-    """Results of chosen images, read from ``imgflow-stored`` / ``imgflow-failed``.
+class ResultReader:
+    """Records of ``imgflow-stored`` / ``imgflow-failed`` from a position taken at :meth:`start`.
 
-    Call :meth:`start` *before* publishing (it fixes the start position), then
-    :meth:`expect` the ids, then iterate :meth:`outcomes`. A topic that does not
-    exist yet (no worker has run) is picked up from its beginning once it
-    appears. The first result per id wins, except that a ``stored`` result
-    replaces an earlier failure (a dead letter that a retry fixed).
+    No group, no commits: reading never moves the workers' offsets, and any
+    number of readers may run. Topics that exist at the start are read from
+    their end; a topic that does not exist yet (no worker has run) is picked up
+    from its beginning once it appears. ``kinds`` chooses the topics (the
+    launcher tails only ``stored``).
     """
 
-    def __init__(self, settings: Settings | None = None, *, refresh_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        kinds: Iterable[str] = ("stored", "failed"),
+        refresh_seconds: float = 2.0,
+    ) -> None:
         self.settings = settings or get_settings()
-        self.topics = {self.settings.topic("stored"): "stored", self.settings.topic("failed"): "failed"}
+        self.topics = {self.settings.topic(kind): kind for kind in kinds}
         self.refresh_seconds = refresh_seconds
-        self.expected: set[str] = set()
-        self.done: dict[str, Outcome] = {}
         self._consumer: Any = None
         self._assigned: set[Any] = set()
         self._last_refresh = 0.0
@@ -183,20 +147,12 @@ class ResultWatch:
             await self._consumer.stop()
             self._consumer = None
 
-    async def __aenter__(self) -> ResultWatch:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def expect(self, ids: Iterable[str]) -> None:
-        self.expected.update(ids)
-
-    def forget(self, ids: Iterable[str]) -> None:
-        for image_id in ids:
-            self.expected.discard(image_id)
-            self.done.pop(image_id, None)
 
     @property
     def missing_topics(self) -> list[str]:
@@ -210,14 +166,16 @@ class ResultWatch:
 
         consumer = self._consumer
         self._last_refresh = time.monotonic()
-        existing = await consumer.topics()  # refreshes the metadata
+        # Fresh metadata: consumer.topics() fetches it but drops it, and partitions_for_topic()
+        # reads the client's cache, which learns of a topic created after the start only at its
+        # next refresh (metadata_max_age_ms, 5 minutes). aiokafka has no public call for this.
+        cluster = await consumer._client.fetch_all_metadata()
         new = set()
         for topic in self.topics:
-            if topic in existing:
-                for partition in consumer.partitions_for_topic(topic) or ():
-                    tp = TopicPartition(topic, partition)
-                    if tp not in self._assigned:
-                        new.add(tp)
+            for partition in cluster.partitions_for_topic(topic) or ():
+                tp = TopicPartition(topic, partition)
+                if tp not in self._assigned:
+                    new.add(tp)
         if not new:
             return
         # assign() replaces the assignment and forgets positions: keep ours.
@@ -232,25 +190,51 @@ class ResultWatch:
         else:
             await consumer.seek_to_beginning(*sorted(new))
 
-    async def poll(self, timeout: float = 1.0) -> list[Outcome]:
-        """New outcomes for expected ids; waits up to ``timeout`` for records."""
+    async def read(self, timeout: float = 1.0) -> list[tuple[str, bytes | None]]:
+        """New ``(kind, value)`` records; waits up to ``timeout`` for some."""
         if self.missing_topics and time.monotonic() - self._last_refresh >= self.refresh_seconds:
             await self._assign_new(at_end=False)
         if not self._assigned:
             await asyncio.sleep(timeout)  # nothing to read from until a worker creates the topics
             return []
         batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=1000)
+        return [(self.topics[tp.topic], r.value) for tp, records in batches.items() for r in records]
+
+
+class ResultWatch(ResultReader):
+    """Results of chosen images, read from ``imgflow-stored`` / ``imgflow-failed``.
+
+    Call :meth:`start` *before* publishing (it fixes the start position), then
+    :meth:`expect` the ids, then :meth:`poll` (or :func:`wait_for_results`).
+    Only the ids asked about are kept. The first result per id wins, except
+    that a ``stored`` result replaces an earlier failure (a dead letter that a
+    retry fixed).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, refresh_seconds: float = 2.0) -> None:
+        super().__init__(settings, refresh_seconds=refresh_seconds)
+        self.expected: set[str] = set()
+        self.done: dict[str, Outcome] = {}
+
+    def expect(self, ids: Iterable[str]) -> None:
+        self.expected.update(ids)
+
+    def forget(self, ids: Iterable[str]) -> None:
+        for image_id in ids:
+            self.expected.discard(image_id)
+            self.done.pop(image_id, None)
+
+    async def poll(self, timeout: float = 1.0) -> list[Outcome]:
+        """New outcomes for expected ids; waits up to ``timeout`` for records."""
         found: list[Outcome] = []
-        for tp, records in batches.items():
-            kind = self.topics[tp.topic]
-            for record in records:
-                outcome = outcome_of(kind, record.value)
-                if outcome is None or outcome.image_id not in self.expected:
-                    continue
-                previous = self.done.get(outcome.image_id)
-                if previous is None or (previous.status == "failed" and outcome.status == "stored"):
-                    self.done[outcome.image_id] = outcome
-                    found.append(outcome)
+        for kind, value in await self.read(timeout):
+            outcome = outcome_of(kind, value)
+            if outcome is None or outcome.image_id not in self.expected:
+                continue
+            previous = self.done.get(outcome.image_id)
+            if previous is None or (previous.status == "failed" and outcome.status == "stored"):
+                self.done[outcome.image_id] = outcome
+                found.append(outcome)
         return found
 
     @property
@@ -258,13 +242,18 @@ class ResultWatch:
         return self.expected - self.done.keys()
 
 
-async def wait_for(
+async def wait_for_results(
     watch: ResultWatch,
     ids: list[str],
-    timeout: float | None,
-    on_outcome: Any = None,
+    timeout: float | None = None,
+    on_outcome: Callable[[Outcome], object] | None = None,
 ) -> Summary:
-    """Block until every id has a result or ``timeout`` seconds pass."""
+    """Block until every id has a result or ``timeout`` seconds pass.
+
+    ``watch`` must have been started before ``ids`` were published: its start
+    fixes the position results are read from, so none can slip past.
+    ``on_outcome`` sees each result as it arrives (a progress bar, a clock).
+    """
     started = time.monotonic()
     watch.expect(ids)
     wanted = set(ids)

@@ -1,0 +1,278 @@
+"""The folder watcher: OS events in, each settled image published once (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from imgflow.records import ImagePath, new_image_id
+from imgflow.sources.files import IMAGE_SUFFIXES
+from imgflow.sources.publish import path_message, publish_paths
+from imgflow.sources.results import ResultWatch
+from imgflow.sources.watcher.checks import (
+    dedupe_roots,
+    in_progress_name,
+    is_candidate,
+    relative_parts,
+    skipped_dir,
+    stat_file,
+    walk,
+)
+from imgflow.sources.watcher.journal import Entry, Journal
+from imgflow.sources.watcher.lifecycle import Lifecycle, processing_path, to_processing
+from imgflow.sources.watcher.settle import Settler
+
+log = logging.getLogger(__name__)
+
+#: Messages per publish (and per journal commit) when many files settle at once.
+PUBLISH_CHUNK = 100
+
+Publish = Callable[[list[ImagePath]], Awaitable[Any]]
+
+
+class FolderWatcher:
+    """Watches ``roots`` and publishes each settled image once (see the package docstring).
+
+    ``publish`` is :func:`~imgflow.sources.publish.publish_paths` unless a test
+    records the messages instead; ``results`` (and optionally ``store``) are
+    needed in lifecycle mode only.
+    """
+
+    def __init__(
+        self,
+        roots: list[Path],
+        journal: Journal,
+        *,
+        recursive: bool = True,
+        settle: float = 1.0,
+        lifecycle: bool = False,
+        source: str = "watch",
+        publish: Publish = publish_paths,
+        results: ResultWatch | None = None,
+        store: Any = None,
+        debounce_ms: int = 400,
+    ) -> None:
+        self.roots = dedupe_roots([r.resolve() for r in roots], recursive)
+        self.journal = journal
+        self.recursive = recursive
+        self.lifecycle = lifecycle
+        self.source = source
+        self.publish = publish
+        self.debounce_ms = debounce_ms
+        self.settler = Settler(settle)
+        self.sent = 0
+        self._ignored: set[Path] = set()
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the start-up scan is done
+        if lifecycle and results is None:
+            raise ValueError("lifecycle needs a ResultWatch")
+        self.mover = Lifecycle(journal, results, store) if lifecycle and results is not None else None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def root_of(self, path: Path) -> Path | None:
+        for root in self.roots:
+            if path == root or root in path.parents:
+                if not self.recursive and path.parent != root:
+                    return None
+                return root
+        return None
+
+    # Events -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch until :meth:`stop` is called or the task is cancelled."""
+        from watchfiles import awatch
+
+        for root in self.roots:
+            root.mkdir(parents=True, exist_ok=True)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def watch() -> None:
+            try:
+                async for changes in awatch(
+                    *self.roots,
+                    watch_filter=None,
+                    debounce=self.debounce_ms,
+                    step=50,
+                    stop_event=self._stop,
+                    recursive=self.recursive,
+                ):
+                    queue.put_nowait(changes)
+            except Exception as exc:  # surfaced by the main loop
+                queue.put_nowait(exc)
+            queue.put_nowait(None)
+
+        async def stopper() -> None:
+            await self._stop.wait()
+            queue.put_nowait(None)
+
+        tasks = [asyncio.create_task(watch(), name="imgflow-watch"), asyncio.create_task(stopper())]
+        # awatch registers the OS watch in its first step, before its first await: let it run
+        # now, so that a file arriving during the scan below is seen by one or the other.
+        await asyncio.sleep(0)
+        follower = None
+        try:
+            if self.mover is not None:
+                await self.mover.start()
+                follower = asyncio.create_task(self.mover.follow(), name="imgflow-watch-results")
+            await self._resume_pending()
+            for root in self.roots:
+                await self.scan(root)
+            self.ready.set()
+            while not self._stop.is_set():
+                await self._send_settled()
+                due = self.settler.next_due()
+                timeout = None if due is None else max(0.0, due - time.monotonic())
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                await self.on_changes(item)
+        finally:
+            self._stop.set()
+            for task in [*tasks, follower]:
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in [*tasks, follower] if t is not None), return_exceptions=True)
+            if self.mover is not None:
+                await self.mover.stop()
+
+    async def on_changes(self, changes: set[tuple[Any, str]]) -> None:
+        from watchfiles import Change
+
+        for change, raw in sorted(changes, key=lambda c: c[1]):
+            path = Path(raw)
+            if change == Change.deleted:
+                self.settler.forget(path)
+                continue
+            if path.is_dir():
+                if change == Change.added:
+                    await self.scan(path)  # a folder moved in: the OS reports only the folder
+                continue
+            self.consider(path)
+
+    def consider(self, path: Path, st: os.stat_result | None = None) -> None:
+        root = self.root_of(path)
+        if root is None:
+            return
+        if not is_candidate(path, root, self.lifecycle):
+            parts = relative_parts(path, root) or ()
+            if (
+                path.suffix.lower() not in IMAGE_SUFFIXES
+                and not skipped_dir(parts[:-1], self.lifecycle)
+                and not in_progress_name(path.name)
+                and path not in self._ignored
+            ):
+                self._ignored.add(path)
+                log.info("ignoring %s: not an image file name (%s)", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+            return
+        st = st or stat_file(path)
+        if st is None:
+            return
+        if self.journal.known(path, st.st_size, st.st_mtime_ns) is not None:
+            return  # already sent (or a metadata-only change of a sent file)
+        self.settler.touch(path, st)
+
+    async def scan(self, folder: Path) -> None:
+        """Consider every file under ``folder`` (start-up, or a folder moved in)."""
+        root = self.root_of(folder) or (folder if folder in self.roots else None)
+        if root is None:
+            return
+        found = await asyncio.to_thread(walk, folder, root, self.recursive, self.lifecycle)
+        before = len(self.settler)
+        for path, st in found:
+            self.consider(path, st)
+        if folder in self.roots:
+            log.info(
+                "scanned %s: %d image files, %d not sent yet", folder, len(found), len(self.settler) - before
+            )
+
+    # Sending ------------------------------------------------------------------------------
+
+    async def _send_settled(self) -> None:
+        settled = self.settler.pop_settled()
+        entries = []
+        for s in settled:
+            root = self.root_of(s.path)
+            if root is None or self.journal.known(s.path, s.size, s.mtime_ns) is not None:
+                continue
+            image_id = new_image_id()
+            sent_path = s.path
+            if self.lifecycle:
+                sent_path = processing_path(root, s.path, image_id)
+            entries.append(
+                Entry(
+                    path=str(s.path),
+                    size=s.size,
+                    mtime_ns=s.mtime_ns,
+                    image_id=image_id,
+                    sent_path=str(sent_path),
+                    root=str(root),
+                )
+            )
+        if entries:
+            self.journal.add(entries)  # ids are fixed before anything leaves this process
+            await self._publish(entries)
+
+    async def _publish(self, entries: list[Entry]) -> None:
+        ready = [e for e in entries if to_processing(e, self.journal)]
+        for start in range(0, len(ready), PUBLISH_CHUNK):
+            chunk = ready[start : start + PUBLISH_CHUNK]
+            messages = [self.message(e) for e in chunk]
+            if self.mover is not None:
+                self.mover.expect(chunk)
+            await self._publish_with_retry(messages)
+            # A fast result may already have finished a lifecycle row: only pending rows move on.
+            ids = [e.image_id for e in chunk]
+            self.journal.mark(ids, "sent", only_from=("pending",), sent_at=time.time())
+            self.sent += len(chunk)
+            for e in chunk:
+                log.info("sent %s as %s", e.sent_path, e.image_id)
+
+    async def _publish_with_retry(self, messages: list[ImagePath]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.publish(messages)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker away: the rows stay pending, retry with backoff
+                log.warning("publishing %d images failed, retrying in %.1fs: %s", len(messages), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def message(self, entry: Entry) -> ImagePath:
+        root = Path(entry.root)
+        attrs: dict[str, Any] = {"watch_root": entry.root}
+        with contextlib.suppress(ValueError):
+            attrs["relative_path"] = Path(entry.path).relative_to(root).as_posix()
+        return path_message(Path(entry.sent_path), self.source, attrs=attrs, image_id=entry.image_id)
+
+    async def _resume_pending(self) -> None:
+        """Rows written before a crash but never acknowledged: resend with the same ids."""
+        resend: list[Entry] = []
+        for entry in self.journal.in_state("pending"):
+            src, dest = Path(entry.path), Path(entry.sent_path)
+            st = stat_file(src)
+            same = st is not None and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns)
+            if (entry.lifecycle and dest.exists()) or same:
+                resend.append(entry)
+            else:
+                log.warning("%s changed or vanished before it was sent; it counts as new", entry.path)
+                self.journal.mark([entry.image_id], "abandoned")
+        if resend:
+            log.info("resending %d images that were not acknowledged before the last stop", len(resend))
+            await self._publish(resend)
