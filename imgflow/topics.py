@@ -91,8 +91,8 @@ async def publish(topic, messages: list[tuple[str, bytes]]) -> dict[int, Message
                 f"the broker refused its {topic.get_topic_name()} message of {len(messages[i][1]):,} "
                 f"bytes as too large: {result}"
             )
-    for i, exc in rejected.items():
-        log.warning("not sent to %s: %s: %s", topic.get_topic_name(), messages[i][0], exc)
+    for i, refusal in rejected.items():
+        log.warning("not sent to %s: %s: %s", topic.get_topic_name(), messages[i][0], refusal)
     return rejected
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -66,7 +67,8 @@ def base_images() -> Iterator[tuple[str, Image.Image]]:
         if array.dtype != np.uint8:
             array = (array.astype(np.float64) / max(float(array.max()), 1.0) * 255).astype(np.uint8)
         yield name, Image.fromarray(array)
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
+    sample: Any = matplotlib.cbook.get_sample_data("grace_hopper.jpg")  # a file object for a .jpg
+    with sample as fh:
         yield "grace_hopper", Image.open(fh).convert("RGB")
 
 

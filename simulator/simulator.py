@@ -147,7 +147,7 @@ def plan(images: list[Path], pattern: Pattern) -> Iterator[tuple[float, list[Pat
         return batch
 
     passes = itertools.count() if pattern.loop else range(1)
-    stream = itertools.chain.from_iterable(order() for _ in passes)
+    stream: Iterator[Path] = itertools.chain.from_iterable(order() for _ in passes)
     if pattern.count is not None:
         stream = itertools.islice(stream, pattern.count)
     for at, size in schedule(pattern):

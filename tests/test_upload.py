@@ -84,6 +84,7 @@ async def test_a_session_streams_files_and_commits_them_under_generated_names(tm
     second = await session.receive(Stream(image_bytes("PNG")), "b.png")
     assert first.tmp.parent == tmp_path / "uploads" / ".incoming"
     session.commit()
+    assert first.final is not None and second.final is not None
     assert first.final.name == f"{first.image_id}.jpg" and second.final.name == f"{second.image_id}.png"
     assert first.final.parent.parent == tmp_path / "uploads"
     assert first.original_name == "passwd"

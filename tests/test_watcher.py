@@ -214,12 +214,12 @@ def test_journal_records_files_by_path_size_and_mtime(tmp_path: Path):
     journal = Journal(tmp_path / "j.sqlite3")
     journal.add([entry("/r/a.jpg", "id-a"), entry("/r/b.jpg", "id-b")])
     journal.mark(["id-a"], "sent", only_from=("pending",), sent_at=123.0)
-    assert journal.known(Path("/r/a.jpg"), 10, 1).state == "sent"
+    assert (known := journal.known(Path("/r/a.jpg"), 10, 1)) is not None and known.state == "sent"
     assert journal.known(Path("/r/a.jpg"), 11, 1) is None  # rewritten: a new file
     assert journal.known(Path("/r/a.jpg"), 10, 2) is None
-    assert journal.by_id("id-a").sent_at == 123.0
+    assert (sent := journal.by_id("id-a")) is not None and sent.sent_at == 123.0
     journal.mark(["id-a"], "pending", only_from=("pending",))  # not pending: unchanged
-    assert journal.by_id("id-a").state == "sent"
+    assert (still := journal.by_id("id-a")) is not None and still.state == "sent"
     assert journal.counts() == {"pending": 1, "sent": 1}
     journal.close()
     reopened = Journal(tmp_path / "j.sqlite3")
@@ -354,5 +354,5 @@ async def test_an_unacknowledged_send_is_resent_with_the_same_id(tmp_path: Path)
     await asyncio.sleep(0.4)
     await stop(watcher, task)
     assert [m.image_id for m in sender.messages] == ["fixed-id"]
-    assert journal.by_id("fixed-id").state == "sent"
+    assert (fixed := journal.by_id("fixed-id")) is not None and fixed.state == "sent"
     journal.close()

@@ -43,8 +43,10 @@ class Entry:
         return self.sent_path != self.path
 
 
-_COLUMNS = ("path", "size", "mtime_ns", "image_id", "sent_path", "root", "state", "seen_at", "sent_at")
-_COLUMNS += ("final_path",)
+_COLUMNS: tuple[str, ...] = (
+    *("path", "size", "mtime_ns", "image_id", "sent_path", "root", "state", "seen_at", "sent_at"),
+    "final_path",
+)
 
 
 class Journal:
