@@ -5,8 +5,9 @@ Collections (DESIGN section 2):
 - ``predictions``: one document per (image_id, model, model_version); a
   redelivery rewrites it, a replay with another model adds one beside it.
 - ``images``: one document per image: metadata, latest prediction, user state.
-  "Latest" is by ``predicted_at``, not by arrival: a late redelivery of an older
-  result leaves a newer one in place (see :func:`prediction_ops`).
+  "Latest" is by request (``submitted_at``: a replay is a new request), then by
+  ``predicted_at``, never by arrival: a late redelivery or a recomputation of an
+  older request leaves a newer result in place (see :func:`recency`).
 - ``failures``: one document per image (or malformed message) that could not go on.
 """
 
@@ -71,13 +72,17 @@ INDEXES: dict[str, list[IndexModel]] = {
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-def recency(p: Prediction) -> tuple[datetime, str, str]:
-    """The order in which results replace each other in ``images``.
+def recency(p: Prediction) -> tuple[datetime, datetime, str, str]:
+    """The order in which results replace each other in ``images`` (and per version in ``predictions``).
 
-    Newest ``predicted_at`` wins; model and version only break an exact tie, so that
-    the stored result does not depend on the order in which redeliveries arrive.
+    The latest *request* wins: ``submitted_at`` is when the image entered the chain,
+    and a replay or a retry is a new request with a new time. A redelivered or
+    recomputed old request (after a rebalance, at least once) keeps its old time, so it
+    never displaces a replay with a newer model, even though its prediction was made
+    later. Then ``predicted_at``; model and version only break an exact tie, so the
+    stored result does not depend on the order in which redeliveries arrive.
     """
-    return (when(p.predicted_at) or _NEVER, p.model, p.model_version)
+    return (when(p.submitted_at) or _NEVER, when(p.predicted_at) or _NEVER, p.model, p.model_version)
 
 
 def _older_than(p: Prediction, prefix: str) -> dict[str, Any]:
@@ -86,16 +91,18 @@ def _older_than(p: Prediction, prefix: str) -> dict[str, Any]:
     ``prefix`` is where the stored result lives (``"prediction."`` in ``images``). A
     document without a result (or with no time) counts as oldest.
     """
-    at = when(p.predicted_at)
-    time_field, model_field, version_field = (
-        f"{prefix}{f}" for f in ("predicted_at", "model", "model_version")
+    requested, predicted = when(p.submitted_at) or _NEVER, when(p.predicted_at) or _NEVER
+    req, pred, model, version = (
+        f"{prefix}{f}" for f in ("requested_at", "predicted_at", "model", "model_version")
     )
     return {
         "$or": [
-            {time_field: None},
-            {time_field: {"$lt": at}},
-            {time_field: at, model_field: {"$lt": p.model}},
-            {time_field: at, model_field: p.model, version_field: {"$lt": p.model_version}},
+            {req: None},
+            {req: {"$lt": requested}},
+            {req: requested, pred: None},
+            {req: requested, pred: {"$lt": predicted}},
+            {req: requested, pred: predicted, model: {"$lt": p.model}},
+            {req: requested, pred: predicted, model: p.model, version: {"$lt": p.model_version}},
         ]
     }
 
@@ -199,7 +206,8 @@ def _result(p: Prediction) -> dict[str, Any]:
         "top_k": p.top_k,
         "model": p.model,
         "model_version": p.model_version,
-        "predicted_at": when(p.predicted_at),
+        "requested_at": when(p.submitted_at) or _NEVER,
+        "predicted_at": when(p.predicted_at) or _NEVER,
     }
 
 

@@ -58,13 +58,19 @@ def db(store: Store, mongo_url: str):
 
 
 def prediction(
-    image_id: str, version: str, predicted_at: float, label: str, model: str = "net", replay_id=None
+    image_id: str,
+    version: str,
+    predicted_at: float,
+    label: str,
+    model: str = "net",
+    replay_id=None,
+    submitted_at: float = T0 - 100,
 ) -> Prediction:
     return Prediction(
         image_id=image_id,
         path=f"/data/{image_id}.jpg",
         source="test",
-        submitted_at=T0 - 100,
+        submitted_at=submitted_at,
         predicted_at=predicted_at,
         label=label,
         score=0.9,
@@ -154,3 +160,19 @@ async def test_an_exact_tie_ends_the_same_whatever_the_arrival_order(store: Stor
 
     assert db.images.find_one({"_id": "one"})["label"] == "from-b"
     assert db.images.find_one({"_id": "two"})["label"] == "from-b"
+
+
+async def test_a_recomputed_old_request_never_displaces_a_replay_with_a_newer_model(store: Store, db):
+    """After a rebalance the classify stage may redo the original request *after* a replay:
+
+    its prediction is made later, but it answers the older request (DESIGN section 8)."""
+    original = prediction("img", "1.0", T0, "tiger cat", model="lite", submitted_at=T0 - 100)
+    replayed = prediction("img", "2.0", T0 + 10, "tabby", model="redblue", submitted_at=T0 + 5)
+    recomputed = prediction("img", "1.0", T0 + 20, "tiger cat", model="lite", submitted_at=T0 - 100)
+    for batch in ([original], [replayed], [recomputed]):
+        await store.write_predictions(batch)
+    doc = db.images.find_one({"_id": "img"})
+    assert (doc["model"], doc["label"]) == ("redblue", "tabby")
+    # The recomputation still refreshes its own version's document.
+    lite = db.predictions.find_one({"image_id": "img", "model": "lite"})
+    assert lite["predicted_at"].timestamp() == pytest.approx(T0 + 20, abs=0.001)
