@@ -35,6 +35,7 @@ from typing import Any
 from imgflow.records import Failure, ImagePath, MalformedMessage, message_id, parse, parse_image_path
 from imgflow.settings import Settings, get_settings
 from imgflow.sources.publish import publish_paths
+from imgflow.sources.results import fresh_partitions
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,7 @@ async def scan(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer.force_metadata_update()  # type: ignore[attr-defined]
-            partitions = consumer.partitions_for_topic(topic) or set()
+        partitions = await fresh_partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions) if selection.wants_partition(p)]
         if not tps:
             return

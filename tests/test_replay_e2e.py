@@ -143,3 +143,10 @@ def test_failed_only_retry_clears_a_fixed_failure(pipeline: Pipeline, tmp_path: 
     wait_until(lambda: db.images.find_one({"_id": late_id}), 120, "retried image stored")
     wait_until(lambda: db.failures.count_documents({}) == 0, 60, "failure cleared")
     assert db.images.find_one({"_id": late_id})["file_name"] == late.name
+
+
+def test_replaying_a_topic_the_broker_does_not_know_replays_nothing(pipeline: Pipeline):
+    """No worker has run yet, so not even the dead-letter topic exists: nothing to replay, no crash."""
+    result = pipeline.run("replay", "--topic", "failed", "--dry-run", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert count_of(result.stdout) == 0

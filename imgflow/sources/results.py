@@ -166,13 +166,9 @@ class ResultReader:
 
         consumer = self._consumer
         self._last_refresh = time.monotonic()
-        # Fresh metadata: consumer.topics() fetches it but drops it, and partitions_for_topic()
-        # reads the client's cache, which learns of a topic created after the start only at its
-        # next refresh (metadata_max_age_ms, 5 minutes). aiokafka has no public call for this.
-        cluster = await consumer._client.fetch_all_metadata()
         new = set()
         for topic in self.topics:
-            for partition in cluster.partitions_for_topic(topic) or ():
+            for partition in await fresh_partitions(consumer, topic):
                 tp = TopicPartition(topic, partition)
                 if tp not in self._assigned:
                     new.add(tp)
@@ -272,3 +268,14 @@ async def wait_for_results(
         seconds=time.monotonic() - started,
         timed_out=len(outcomes) < len(wanted),
     )
+
+
+async def fresh_partitions(consumer: Any, topic: str) -> set[int]:
+    """Partitions of ``topic`` from fresh metadata (empty if the broker does not know it).
+
+    ``consumer.topics()`` fetches metadata but drops it, and ``partitions_for_topic()``
+    reads the client's cache, which learns of a topic created after the start only at its
+    next refresh (metadata_max_age_ms, 5 minutes). aiokafka has no public call for this.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())
