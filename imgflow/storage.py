@@ -69,10 +69,11 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
-_NEVER = datetime.min.replace(tzinfo=UTC)
+def _ms(at: datetime | None) -> int:
+    return int(at.timestamp() * 1000) if at is not None else 0
 
 
-def recency(p: Prediction) -> tuple[datetime, datetime, str, str]:
+def recency(p: Prediction) -> str:
     """The order in which results replace each other in ``images`` (and per version in ``predictions``).
 
     The latest *request* wins: ``submitted_at`` is when the image entered the chain,
@@ -81,30 +82,28 @@ def recency(p: Prediction) -> tuple[datetime, datetime, str, str]:
     never displaces a replay with a newer model, even though its prediction was made
     later. Then ``predicted_at``; model and version only break an exact tie, so the
     stored result does not depend on the order in which redeliveries arrive.
+
+    One string that sorts in that order (zero-padded milliseconds, then names, joined by
+    a control character that sorts below any name), stored as ``rank`` beside the result:
+    the guard is then one comparison on one field. A filter of several alternatives
+    (``$or``) made SecantusDB scan the collection on every update: 40 updates/s instead
+    of ~5,000, which capped the whole chain.
     """
-    return (when(p.submitted_at) or _NEVER, when(p.predicted_at) or _NEVER, p.model, p.model_version)
+    requested, predicted = _ms(when(p.submitted_at)), _ms(when(p.predicted_at))
+    return RANK_SEP.join([f"{requested:016d}", f"{predicted:016d}", p.model, p.model_version])
+
+
+RANK_SEP = "\x01"
 
 
 def _older_than(p: Prediction, prefix: str) -> dict[str, Any]:
     """A filter matching a stored document whose result :func:`recency` ranks below ``p``.
 
     ``prefix`` is where the stored result lives (``"prediction."`` in ``images``). A
-    document without a result (or with no time) counts as oldest.
+    document without a rank (written before ranks existed) counts as oldest:
+    ``$not: {$gte}`` matches a missing field, ``$lt`` would not.
     """
-    requested, predicted = when(p.submitted_at) or _NEVER, when(p.predicted_at) or _NEVER
-    req, pred, model, version = (
-        f"{prefix}{f}" for f in ("requested_at", "predicted_at", "model", "model_version")
-    )
-    return {
-        "$or": [
-            {req: None},
-            {req: {"$lt": requested}},
-            {req: requested, pred: None},
-            {req: requested, pred: {"$lt": predicted}},
-            {req: requested, pred: predicted, model: {"$lt": p.model}},
-            {req: requested, pred: predicted, model: p.model, version: {"$lt": p.model_version}},
-        ]
-    }
+    return {f"{prefix}rank": {"$not": {"$gte": recency(p)}}}
 
 
 def _insert_or_replace_older(
@@ -206,8 +205,9 @@ def _result(p: Prediction) -> dict[str, Any]:
         "top_k": p.top_k,
         "model": p.model,
         "model_version": p.model_version,
-        "requested_at": when(p.submitted_at) or _NEVER,
-        "predicted_at": when(p.predicted_at) or _NEVER,
+        "requested_at": when(p.submitted_at),
+        "predicted_at": when(p.predicted_at),
+        "rank": recency(p),
     }
 
 

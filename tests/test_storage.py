@@ -176,3 +176,10 @@ async def test_a_recomputed_old_request_never_displaces_a_replay_with_a_newer_mo
     # The recomputation still refreshes its own version's document.
     lite = db.predictions.find_one({"image_id": "img", "model": "lite"})
     assert lite["predicted_at"].timestamp() == pytest.approx(T0 + 20, abs=0.001)
+
+
+async def test_a_document_written_before_ranks_existed_is_replaced(store: Store, db):
+    db.images.insert_one({"_id": "old", "label": "stale", "prediction": {"label": "stale"}, "hidden": True})
+    await store.write_predictions([prediction("old", "1.0", T0, "tabby")])
+    doc = db.images.find_one({"_id": "old"})
+    assert (doc["label"], doc["prediction"]["label"], doc["hidden"]) == ("tabby", "tabby", True)
