@@ -8,14 +8,13 @@ per (image, model, version), and user state is never touched by the pipeline.
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from pymongo import MongoClient
 
+from imgflow.mongo import connect
 from imgflow.records import ImageMeta, Prediction
 from imgflow.storage import Store, prediction_id
 
@@ -23,22 +22,6 @@ from imgflow.storage import Store, prediction_id
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 T0 = 1_795_000_000.123456  # sub-millisecond digits: BSON keeps milliseconds
-
-
-@pytest.fixture(scope="module")
-def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The MongoDB-protocol server only (no broker, no model): ``MONGO_URL`` or SecantusDB."""
-    from imgflow.embedded import start_mongo
-
-    if os.environ.get("MONGO_URL"):
-        yield os.environ["MONGO_URL"]
-        return
-    root = tmp_path_factory.mktemp("storage")
-    mongo = start_mongo(root / "mongo", root / "logs")
-    try:
-        yield mongo.url
-    finally:
-        mongo.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -52,7 +35,7 @@ async def store(mongo_url: str) -> AsyncIterator[Store]:
 
 @pytest.fixture
 def db(store: Store, mongo_url: str):
-    client: MongoClient = MongoClient(mongo_url, tz_aware=True)
+    client = connect(mongo_url)
     yield client[store.db.name]
     client.close()
 
