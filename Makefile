@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODEL_SPEC := var/models/efficientnet-lite0/model.toml
+# The TFLite artefact, written by every build since it became the default (an older model.toml is Keras).
+MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
 .PHONY: help install model browser demo test test-fast lint format bench bench-recovery soak clean

@@ -39,7 +39,7 @@ def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> Decode
     """
     real = require_inside_roots(item.path, roots)
     spec = spec_for(item.model or settings.model_spec_path)
-    decoded = decode_image(real, spec.input_size, spec.resize, limits)
+    decoded = decode_image(real, spec.input_size, spec.resize, limits, draft=settings.decode_draft)
     return DecodedImage(
         image_id=item.image_id,
         path=item.path,

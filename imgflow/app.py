@@ -32,7 +32,7 @@ class App(faust.App):
 
     async def on_first_start(self) -> None:
         # Never commit past an unacknowledged message; never drop a delivered one on recovery.
-        safe_consumer.install()
+        safe_consumer.install(fetch_max_wait_ms=settings.fetch_max_wait_ms)
         # Faust creates its data dir without parents; IMGFLOW_HOME may not exist yet.
         self.conf.datadir.mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
@@ -46,6 +46,8 @@ app = App(
     # Tables on local disk (RocksDB via rocksdict) unless IMGFLOW_TABLE_STORE=memory://.
     store=settings.table_store,
     origin="imgflow",
+    # No terminal spinner: Faust's sets the root logger to DEBUG for it (imgflow/worker.py).
+    Worker="imgflow.worker:Worker",
     autodiscover=["agents", "tables", "imgflow.web", "imgflow.cli", "imgflow.liveness"],
     datadir=settings.faust_datadir,
     topic_partitions=settings.partitions,

@@ -33,6 +33,12 @@ on its own, and :func:`install` puts them in place when the app is built.
 
 A liveness check (imgflow/liveness.py) watches for a partition that stops
 anyway; it is a second line of defence, not the fix.
+
+One setting Faust does not expose is set here too: the consumer's **fetch
+wait** (:func:`fetch_wait`). Faust hard-codes ``fetch_max_wait_ms=1500``;
+the embedded broker holds a fetch that covers more than one partition for the
+whole wait even when records arrive meanwhile (DESIGN section 8), so every hop
+of the chain paid up to 1.5 s. ``IMGFLOW_FETCH_MAX_WAIT_MS`` sets it.
 """
 
 from __future__ import annotations
@@ -287,14 +293,35 @@ async def reseek(app: Any, tps: Iterable[TP]) -> None:
             consumer.resume_flow()
 
 
+# -- 4. fetch wait -----------------------------------------------------------------------
+
+
+def fetch_wait(original: Any, wait_ms: int) -> Any:
+    """Wrap Faust's consumer factory so the aiokafka consumer it builds waits ``wait_ms`` per fetch.
+
+    aiokafka reads the value when the consumer starts (its fetcher is built in ``start``),
+    after this factory returns.
+    """
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+    _create_worker_consumer.__wrapped__ = original  # type: ignore[attr-defined]
+    return _create_worker_consumer
+
+
 # -- installation -----------------------------------------------------------------------
 
 
 def _faust_originals() -> dict[str, Any]:
     from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     return {
+        "AIOKafkaConsumerThread._create_worker_consumer": AIOKafkaConsumerThread._create_worker_consumer,
         "Consumer._new_offset": Consumer._new_offset,
         "Consumer.perform_seek": Consumer.perform_seek,
         "Consumer._wait_next_records": Consumer._wait_next_records,
@@ -308,13 +335,18 @@ def _faust_originals() -> dict[str, Any]:
 FAUST_ORIGINALS = _faust_originals()
 
 
-def install() -> None:
+def install(fetch_max_wait_ms: int = 1500) -> None:
     """Put the replacements in place on Faust's classes (idempotent).
 
     Called when a worker starts (``App.on_first_start``), never on import.
     """
     from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    AIOKafkaConsumerThread._create_worker_consumer = fetch_wait(  # type: ignore[method-assign]
+        FAUST_ORIGINALS["AIOKafkaConsumerThread._create_worker_consumer"], fetch_max_wait_ms
+    )
 
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]

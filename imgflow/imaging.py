@@ -92,8 +92,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_bytes(data: bytes, file_name: str, limits: Limits) -> tuple[Image.Image, str]:
-    """Open, validate and orient an image; returns (RGB image, format)."""
+@dataclass(frozen=True)
+class Opened:
+    """An image decoded (perhaps at a reduced scale) and oriented, with its full size."""
+
+    image: Image.Image  # RGB
+    format: str
+    width: int  # of the full image, as oriented
+    height: int
+
+
+def decode_bytes(data: bytes, file_name: str, limits: Limits, at_least: int | None = None) -> Opened:
+    """Open, validate and orient an image.
+
+    ``at_least``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode: the
+    codec skips the finest DCT coefficients, ~2-3x less work) as long as both sides stay at
+    least this many pixels; the full size is still reported.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -107,9 +122,14 @@ def decode_bytes(data: bytes, file_name: str, limits: Limits) -> tuple[Image.Ima
                     f"{limits.max_pixels:,}-pixel limit",
                 )
             img.seek(0)  # first frame of animations
+            if at_least and img_format == "JPEG":
+                img.draft(None, (at_least, at_least))
             img.load()
+            loaded = img.size
             img = ImageOps.exif_transpose(img) or img
-            return to_rgb(img), img_format
+            if img.size != loaded:  # turned a quarter: the full size turns too
+                width, height = height, width
+            return Opened(to_rgb(img), img_format, width, height)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -144,19 +164,29 @@ def _format_being_opened(exc: BaseException) -> str | None:
     return None
 
 
-def decode_image(path: Path, size: tuple[int, int], resize: str, limits: Limits = Limits()) -> DecodedFile:
-    """Read ``path`` and return a uint8 tensor of ``size`` (height, width) plus metadata."""
+#: With draft decoding, a JPEG is decoded at the smallest DCT scale that keeps both sides
+#: at least this many times the model input's larger side, then resized as usual.
+DRAFT_MARGIN = 2
+
+
+def decode_image(
+    path: Path, size: tuple[int, int], resize: str, limits: Limits = Limits(), *, draft: bool = True
+) -> DecodedFile:
+    """Read ``path`` and return a uint8 tensor of ``size`` (height, width) plus metadata.
+
+    ``draft``: decode a large JPEG at a reduced scale first (see :func:`decode_bytes`).
+    """
     from models.preprocess import fit_to_input
 
     data = read_file(path, limits)
-    img, img_format = decode_bytes(data, path.name, limits)
-    tensor = fit_to_input(img, size, resize)
+    opened = decode_bytes(data, path.name, limits, at_least=DRAFT_MARGIN * max(size) if draft else None)
+    tensor = fit_to_input(opened.image, size, resize)
     return DecodedFile(
         tensor=np.ascontiguousarray(tensor, dtype=np.uint8),
         file_name=path.name,
-        width=img.width,
-        height=img.height,
-        format=img_format,
+        width=opened.width,
+        height=opened.height,
+        format=opened.format,
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )

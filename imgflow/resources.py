@@ -41,7 +41,7 @@ class Resources(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="imgflow-model")
-        self.models = ModelCache(self.model_thread, max_models=3)
+        self.models = ModelCache(self.model_thread, max_models=3, threads=settings.model_threads or None)
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
         self._store: Store | None = None
         self._http: aiohttp.ClientSession | None = None

@@ -9,6 +9,7 @@ loaded, never when this module is imported.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import warnings
@@ -52,7 +53,9 @@ def _dims(shape: Any) -> Shape:
 
 
 class _KerasRunner(_Runner):
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        # TensorFlow sizes its own thread pools (all cores) once per process; ``threads`` is
+        # for the interpreters that take it per model (TFLite).
         import keras
 
         self.model = keras.saving.load_model(spec.artefact, compile=False)
@@ -70,7 +73,7 @@ class _KerasRunner(_Runner):
 
 
 class _SavedModelRunner(_Runner):
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
         import tensorflow as tf
 
         self._tf = tf
@@ -111,7 +114,7 @@ class _SavedModelRunner(_Runner):
         return np.asarray(result)
 
 
-def _tflite_interpreter(path: str) -> Any:
+def _tflite_interpreter(path: str, threads: int) -> Any:
     """A TFLite interpreter: LiteRT's if installed, else the one TensorFlow still ships."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -121,13 +124,19 @@ def _tflite_interpreter(path: str) -> Any:
         with warnings.catch_warnings():
             # TF 2.21 warns that tf.lite.Interpreter moves to ai_edge_litert; it still works.
             warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-            return tf.lite.Interpreter(model_path=path)
-    return Interpreter(model_path=path)
+            return tf.lite.Interpreter(model_path=path, num_threads=threads)
+    return Interpreter(model_path=path, num_threads=threads)
+
+
+def default_threads() -> int:
+    """All the cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _TFLiteRunner(_Runner):
-    def __init__(self, spec: ModelSpec) -> None:
-        self.interpreter = _tflite_interpreter(str(spec.artefact))
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        # The interpreter runs one thread unless told; XNNPACK scales to the cores given.
+        self.interpreter = _tflite_interpreter(str(spec.artefact), threads)
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -185,7 +194,7 @@ class _TFLiteRunner(_Runner):
         return np.concatenate(parts, axis=0)
 
 
-_RUNNERS: dict[str, Callable[[ModelSpec], _Runner]] = {
+_RUNNERS: dict[str, Callable[[ModelSpec, int], _Runner]] = {
     "keras": _KerasRunner,
     "savedmodel": _SavedModelRunner,
     "tflite": _TFLiteRunner,
@@ -265,8 +274,11 @@ def _check_output(spec: ModelSpec, shape: Shape) -> None:
         raise ModelSpecError(f"{spec.key}: a sigmoid model must give one score per image, it gives {shape}")
 
 
-def load_classifier(spec: ModelSpec, *, warm_up: bool = True) -> Classifier:
+def load_classifier(spec: ModelSpec, *, warm_up: bool = True, threads: int | None = None) -> Classifier:
     """Load the spec's artefact with the backend its ``format`` names.
+
+    ``threads``: how many threads one model call may use (TFLite; TensorFlow sizes its own
+    pools); all the cores unless given.
 
     Checks that the model's input and output shapes agree with the spec and, unless
     ``warm_up`` is false, runs one blank image through it so the first real batch does not pay
@@ -276,7 +288,7 @@ def load_classifier(spec: ModelSpec, *, warm_up: bool = True) -> Classifier:
     _check_artefact(spec)
     started = time.perf_counter()
     try:
-        runner = _RUNNERS[spec.format](spec)
+        runner = _RUNNERS[spec.format](spec, threads or default_threads())
     except ModelError:
         raise
     except Exception as exc:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from concurrent.futures import Executor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from models.backends import Classifier, load_classifier
@@ -33,8 +33,9 @@ class ModelCache:
     is never used while another is being loaded into the same TensorFlow runtime.
     """
 
-    def __init__(self, executor: Executor, max_models: int = 3) -> None:
+    def __init__(self, executor: Executor, max_models: int = 3, threads: int | None = None) -> None:
         self.executor = executor
+        self.threads = threads
         self.max_models = max_models
         self._models: OrderedDict[str, Classifier] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -47,7 +48,8 @@ class ModelCache:
                 return self._models[key]
             loop = asyncio.get_running_loop()
             log.info("loading model %s from %s", spec.key, spec.artefact)
-            model = await loop.run_in_executor(self.executor, load_classifier, spec)
+            load = partial(load_classifier, spec, threads=self.threads)
+            model = await loop.run_in_executor(self.executor, load)
             self._models[key] = model
             while len(self._models) > self.max_models:
                 evicted, _ = self._models.popitem(last=False)

@@ -42,6 +42,7 @@ def test_commit_point_moves_only_over_a_run_starting_at_the_committed_offset():
 #: in faust-streaming 0.15.3. If one fails, Faust changed it: re-read the new version,
 #: check that imgflow/consumer.py's replacement still fits, then update the digest.
 FAUST_SOURCES = {
+    "AIOKafkaConsumerThread._create_worker_consumer": "c2701bfc3e6f6cad",
     "Consumer._new_offset": "1d2c7ea89a7ad4f1",
     "Consumer.perform_seek": "0e8c130ff4b0afd8",
     "Consumer._wait_next_records": "6218e1969a636b3f",
@@ -85,3 +86,22 @@ def test_install_replaces_recovery_completion_seek_and_commit_point():
     assert Consumer._wait_next_records.__wrapped__ is FAUST_ORIGINALS["Consumer._wait_next_records"]
     consumer.install()  # idempotent: the fetch-loop wrapper is not stacked
     assert not hasattr(Consumer._wait_next_records.__wrapped__, "__wrapped__")
+
+
+async def test_install_sets_the_consumers_fetch_wait():
+    """Faust hard-codes a 1.5 s fetch wait; the worker's consumer gets IMGFLOW_FETCH_MAX_WAIT_MS."""
+    import aiokafka
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from imgflow.app import app
+
+    consumer.install(fetch_max_wait_ms=7)
+    thread = AIOKafkaConsumerThread(app.consumer)
+    built = thread._create_worker_consumer(app.transport)
+    assert isinstance(built, aiokafka.AIOKafkaConsumer)
+    assert built._fetch_max_wait_ms == 7
+    consumer.install(fetch_max_wait_ms=25)  # re-installing replaces the value, never stacks wrappers
+    assert thread._create_worker_consumer(app.transport)._fetch_max_wait_ms == 25
+    assert AIOKafkaConsumerThread._create_worker_consumer.__wrapped__ is FAUST_ORIGINALS[
+        "AIOKafkaConsumerThread._create_worker_consumer"
+    ]

@@ -91,3 +91,43 @@ def test_a_format_variant_pillow_cannot_decode_is_unsupported_format(folder: Pat
     assert key == "dds-1"
     assert record["kind"] == "unsupported_format" and record["stage"] == "decode"
     assert record["message"] == info.value.message and record["path"] == str(path)
+
+
+def _camera_jpeg(path: Path, size=(1280, 960), orientation: int | None = None) -> Path:
+    """A photo-like JPEG: smooth gradients and a sharp edge, as a camera would give."""
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    rgb = np.stack([x * 255 // size[0], y * 255 // size[1], ((x // 40 + y // 40) % 2) * 200], axis=-1)
+    img = Image.fromarray(rgb.astype(np.uint8))
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(path, quality=90, exif=exif.tobytes())
+    return path
+
+
+def test_draft_decoding_reports_the_full_size_and_stays_close(folder: Path):
+    path = _camera_jpeg(folder / "camera.jpg")
+    full = decode_image(path, (224, 224), "center_crop", LIMITS, draft=False)
+    fast = decode_image(path, (224, 224), "center_crop", LIMITS)
+    assert (fast.width, fast.height) == (full.width, full.height) == (1280, 960)
+    assert fast.sha256 == full.sha256 and fast.bytes == full.bytes
+    diff = np.abs(fast.tensor.astype(int) - full.tensor.astype(int))
+    assert diff.mean() < 2.0, diff.mean()
+
+
+def test_draft_decoding_reduces_the_jpeg_scale_but_never_below_twice_the_input(folder: Path):
+    from imgflow.imaging import decode_bytes
+
+    data = _camera_jpeg(folder / "camera2.jpg").read_bytes()
+    opened = decode_bytes(data, "camera2.jpg", LIMITS, at_least=448)
+    assert opened.image.size == (640, 480)  # 1/2 scale: 1/4 would give 320x240, under 448
+    assert (opened.width, opened.height) == (1280, 960)
+    assert decode_bytes(data, "camera2.jpg", LIMITS).image.size == (1280, 960)
+
+
+def test_draft_decoding_keeps_the_exif_orientation(folder: Path):
+    path = _camera_jpeg(folder / "rotated.jpg", orientation=6)  # stored landscape, shown portrait
+    full = decode_image(path, (224, 224), "stretch", LIMITS, draft=False)
+    fast = decode_image(path, (224, 224), "stretch", LIMITS)
+    assert (fast.width, fast.height) == (full.width, full.height) == (960, 1280)
+    assert np.abs(fast.tensor.astype(int) - full.tensor.astype(int)).mean() < 2.0

