@@ -8,19 +8,19 @@ model name and version that made it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections import defaultdict
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
-from faust.types import TopicT
+from faust.types import EventT, TopicT
 
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
-from imgflow.records import DecodedImage, Prediction, dumps, parse
+from imgflow.records import DecodedImage, Prediction, dumps, parse_tensor
 from imgflow.topics import failed_topic, predictions_topic, tensors_topic
 from models.backends import Classifier
 from models.registry import ModelCache, spec_for
@@ -32,14 +32,25 @@ class TensorRejected(ValueError):
     kind = "bad_tensor"
 
 
-def to_array(item: DecodedImage, expected: tuple[int, int]) -> np.ndarray:
-    shape = tuple(item.shape)
+@dataclass(frozen=True)
+class Tensor:
+    """An ``imgflow-tensors`` message, read: the record (a failure record reads it) and the pixels."""
+
+    record: DecodedImage
+    pixels: bytes
+
+
+def parse_event(event: EventT) -> Tensor:
+    return Tensor(*parse_tensor(event.value, event.headers))
+
+
+def to_array(item: Tensor, expected: tuple[int, int]) -> np.ndarray:
+    shape = tuple(item.record.shape)
     if shape != (expected[0], expected[1], 3):
         raise TensorRejected(f"tensor shape {shape} does not match model input {expected}")
-    raw = base64.b64decode(item.tensor_b64, validate=True)
-    if len(raw) != expected[0] * expected[1] * 3:
-        raise TensorRejected(f"tensor has {len(raw)} bytes, expected {expected[0] * expected[1] * 3}")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+    if len(item.pixels) != expected[0] * expected[1] * 3:
+        raise TensorRejected(f"tensor has {len(item.pixels)} bytes, expected {expected[0] * expected[1] * 3}")
+    return np.frombuffer(item.pixels, dtype=np.uint8).reshape(shape)
 
 
 def predictions_for(
@@ -105,12 +116,13 @@ class Classify:
     def __init__(self, models: ModelCache) -> None:
         self.models = models
 
-    async def batch(self, items: list[DecodedImage]) -> Outcome:
+    async def batch(self, items: list[Tensor]) -> Outcome:
         outcome = Outcome()
         groups: dict[str, list[tuple[DecodedImage, np.ndarray]]] = defaultdict(list)
         for item in items:
             try:
-                groups[item.model].append((item, to_array(item, spec_for(item.model).input_size)))
+                spec_path = item.record.model
+                groups[spec_path].append((item.record, to_array(item, spec_for(spec_path).input_size)))
             except Exception as exc:
                 outcome.failed.append((item, exc))
         for spec_path, group in groups.items():
@@ -130,10 +142,10 @@ class Classify:
 
 def stage(
     models: ModelCache, output: TopicT = predictions_topic, failures: TopicT = failed_topic
-) -> Stage[DecodedImage]:
+) -> Stage[Tensor]:
     return Stage(
         "classify",
-        parse=lambda event: parse(DecodedImage, event.value),
+        parse=parse_event,
         process=Classify(models).batch,
         output=output,
         failures=failures,

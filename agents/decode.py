@@ -10,11 +10,11 @@ otherwise make a worker read any file it can (``/etc/passwd``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 
 from faust.types import EventT, TopicT
@@ -23,7 +23,7 @@ from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.imaging import ImageRejected, Limits, decode_image
 from imgflow.metrics import METRICS
-from imgflow.records import DecodedImage, ImageMeta, ImagePath, dumps, message_id, parse_image_path
+from imgflow.records import DecodedImage, ImageMeta, ImagePath, message_id, parse_image_path, tensor_message
 from imgflow.roots import require_inside_roots
 from imgflow.topics import failed_topic, paths_topic, tensors_topic
 from models.registry import spec_for
@@ -31,7 +31,15 @@ from models.registry import spec_for
 log = logging.getLogger(__name__)
 
 
-def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> DecodedImage:
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded image: its record and its pixels (the ``imgflow-tensors`` message)."""
+
+    record: DecodedImage
+    pixels: bytes
+
+
+def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> Decoded:
     """Pure work for one image (runs in a worker thread).
 
     The roots are checked first and the checked real path is what is read, so
@@ -40,7 +48,7 @@ def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> Decode
     real = require_inside_roots(item.path, roots)
     spec = spec_for(item.model or settings.model_spec_path)
     decoded = decode_image(real, spec.input_size, spec.resize, limits, draft=settings.decode_draft)
-    return DecodedImage(
+    record = DecodedImage(
         image_id=item.image_id,
         path=item.path,
         source=item.source,
@@ -48,7 +56,6 @@ def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> Decode
         decoded_at=time.time(),
         model=str(spec.spec_path),
         shape=list(decoded.tensor.shape),
-        tensor_b64=base64.b64encode(decoded.tensor.tobytes()).decode("ascii"),
         meta=ImageMeta(
             file_name=Path(item.path).name,  # the name it was sent as, not a link's target
             width=decoded.width,
@@ -60,6 +67,7 @@ def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> Decode
         replay_id=item.replay_id,
         attrs=item.attrs,
     )
+    return Decoded(record, decoded.tensor.tobytes())
 
 
 def parse_event(event: EventT) -> ImagePath:
@@ -75,7 +83,7 @@ class Decoder:
         self.limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
         self.roots = settings.image_root_paths if roots is None else roots
 
-    async def one(self, item: ImagePath) -> DecodedImage | Exception:
+    async def one(self, item: ImagePath) -> Decoded | Exception:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(
@@ -90,8 +98,9 @@ class Decoder:
     async def batch(self, items: list[ImagePath]) -> Outcome:
         outcome = Outcome()
         for item, result in zip(items, await asyncio.gather(*map(self.one, items)), strict=True):
-            if isinstance(result, DecodedImage):
-                outcome.outputs.append((item, item.image_id, dumps(result)))
+            if isinstance(result, Decoded):
+                value, headers = tensor_message(result.record, result.pixels)
+                outcome.outputs.append((item, item.image_id, value, headers))
             else:
                 outcome.failed.append((item, result))
         METRICS.decoded.inc(len(outcome.outputs))

@@ -37,12 +37,14 @@ T = TypeVar("T")
 class Outcome:
     """What a stage made of one batch.
 
-    ``outputs``: ``(item, key, value)`` for the stage's output topic, the item
-    being the input it came from (for a failure record if it cannot be sent);
-    ``failed``: inputs that cannot go on, with why.
+    ``outputs``: ``(item, key, value)`` or ``(item, key, value, headers)`` for the
+    stage's output topic, the item being the input it came from (for a failure
+    record if it cannot be sent); ``failed``: inputs that cannot go on, with why.
     """
 
-    outputs: list[tuple[Any, str, bytes]] = field(default_factory=list)
+    outputs: list[tuple[Any, str, bytes] | tuple[Any, str, bytes, list[tuple[str, bytes]]]] = field(
+        default_factory=list
+    )
     failed: list[tuple[Any, BaseException]] = field(default_factory=list)
 
 
@@ -92,7 +94,7 @@ class Stage(Generic[T]):
         outcome = await self.process(items) if items else Outcome()
         failures += [failure_for(self.name, item, exc) for item, exc in outcome.failed]
         if self.output is not None and outcome.outputs:
-            refused = await publish(self.output, [(key, value) for _, key, value in outcome.outputs])
+            refused = await publish(self.output, [output[1:] for output in outcome.outputs])
             failures += [failure_for(self.name, outcome.outputs[i][0], exc) for i, exc in refused.items()]
         if failures:
             await publish_all(self.failures, failures)

@@ -55,7 +55,8 @@ def clip(text: str | None, limit: int) -> str | None:
 
 
 def failure_for(stage: str, item: Any, exc: BaseException) -> tuple[str, bytes]:
-    """A failure record for a parsed item (ImagePath, DecodedImage, ...)."""
+    """A failure record for a parsed item (ImagePath, Prediction, ...; or one holding its ``record``)."""
+    item = getattr(item, "record", item)
     kind, message = kind_and_message(exc)
     log.info("%s failed for %s: %s (%s)", stage, item.image_id, kind, clip(message, MAX_MESSAGE_CHARS))
     record = Failure(

@@ -90,10 +90,10 @@ def start_infrastructure(stack: Stack, settings: Settings) -> None:
 
 def ensure_model(settings: Settings) -> Path:
     spec = settings.model_spec_path
-    if settings.model is None and not spec.exists():
+    if settings.model is None:
         from models.efficientnet_lite import build_default_model
 
-        log.info("building the default model into %s (once)", spec.parent)
+        # Once: returns at once when the folder holds the current default (TFLite) model.
         build_default_model(spec.parent)
     if not spec.exists():
         raise SystemExit(f"model spec not found: {spec} (set IMGFLOW_MODEL)")

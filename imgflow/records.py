@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import faust
@@ -39,7 +40,12 @@ class ImagePath(faust.Record, include_metadata=False, validation=True):
 
 
 class DecodedImage(faust.Record, include_metadata=False, validation=True):
-    """``imgflow-tensors``: a uint8 HxWx3 tensor, base64, sized for the model."""
+    """``imgflow-tensors``: an image decoded and sized for the model.
+
+    The message's value is the pixels, raw: uint8, row-major, ``shape`` (HxWx3). This
+    record travels as JSON in the message's ``imgflow-record`` header (:func:`tensor_message`):
+    raw bytes are a quarter smaller than base64 inside JSON and cost nothing to encode or parse.
+    """
 
     image_id: str
     path: str
@@ -48,7 +54,6 @@ class DecodedImage(faust.Record, include_metadata=False, validation=True):
     decoded_at: float
     model: str  # spec path the tensor was sized for
     shape: list[int]
-    tensor_b64: str
     meta: ImageMeta
     replay_id: str | None = None
     attrs: dict[str, Any] = {}
@@ -180,6 +185,23 @@ def parse_image_path(raw: bytes | None, key: bytes | None, fallback_id: str) -> 
     if not isinstance(attrs, dict):
         raise MalformedMessage("field 'attrs' must be a JSON object")
     return _from_object(ImagePath, data)
+
+
+#: The header of an ``imgflow-tensors`` message that holds its :class:`DecodedImage` record.
+RECORD_HEADER = "imgflow-record"
+
+
+def tensor_message(record: DecodedImage, pixels: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """An ``imgflow-tensors`` message: the pixels as its value, the record in a header."""
+    return pixels, [(RECORD_HEADER, dumps(record))]
+
+
+def parse_tensor(value: bytes | None, headers: Mapping[str, bytes] | None) -> tuple[DecodedImage, bytes]:
+    """Read an ``imgflow-tensors`` message: (record, pixels), or :class:`MalformedMessage`."""
+    raw = (headers or {}).get(RECORD_HEADER)
+    if raw is None:
+        raise MalformedMessage(f"no {RECORD_HEADER!r} header (a tensor message carries its record there)")
+    return parse(DecodedImage, raw), value or b""
 
 
 def message_id(topic: str, partition: int, offset: int) -> str:

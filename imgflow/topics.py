@@ -1,4 +1,6 @@
-"""The chain's topics. Keys are ``image_id``; values are JSON records.
+"""The chain's topics. Keys are ``image_id``; values are JSON records, except
+``imgflow-tensors``, whose values are raw pixels with the record in a header
+(imgflow/records.py).
 
 Values are consumed as raw bytes and parsed by the stages themselves, so a
 malformed message becomes a failure record instead of an agent crash (Faust
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from imgflow.app import app, settings
@@ -61,8 +64,12 @@ def _too_large(exc: BaseException) -> bool:
     return isinstance(exc, limits) or isinstance(exc.__cause__, limits)
 
 
-async def publish(topic, messages: list[tuple[str, bytes]]) -> dict[int, MessageTooLarge]:
-    """Send ``(key, value)`` pairs and wait until the broker has them all.
+#: A message to send: ``(key, value)`` or ``(key, value, headers)``.
+Message = tuple[str, bytes] | tuple[str, bytes, list[tuple[str, bytes]] | None]
+
+
+async def publish(topic, messages: Sequence[Message]) -> dict[int, MessageTooLarge]:
+    """Send ``(key, value[, headers])`` messages and wait until the broker has them all.
 
     Stages call this before their batch is acknowledged, so an input offset is
     never committed past an output that was not delivered. Messages refused as
@@ -72,9 +79,10 @@ async def publish(topic, messages: list[tuple[str, bytes]]) -> dict[int, Message
     limit = settings.max_message_bytes
     rejected: dict[int, MessageTooLarge] = {}
     pending: dict[int, Any] = {}
-    for i, (key, value) in enumerate(messages):
+    for i, (key, value, *extra) in enumerate(messages):
         try:
-            pending[i] = await topic.send(key=key.encode(), value=value)
+            headers = extra[0] if extra else None
+            pending[i] = await topic.send(key=key.encode(), value=value, headers=headers)
         except Exception as exc:
             if not _too_large(exc):
                 raise
@@ -96,7 +104,7 @@ async def publish(topic, messages: list[tuple[str, bytes]]) -> dict[int, Message
     return rejected
 
 
-async def publish_all(topic, messages: list[tuple[str, bytes]]) -> None:
+async def publish_all(topic, messages: Sequence[Message]) -> None:
     """:func:`publish` for outputs that are small by construction (failure records,
     stored events): a refusal there is a bug or a limit set below the documented
     minimum, so it is raised instead of being turned into another message."""

@@ -102,6 +102,7 @@ async def test_install_sets_the_consumers_fetch_wait():
     assert built._fetch_max_wait_ms == 7
     consumer.install(fetch_max_wait_ms=25)  # re-installing replaces the value, never stacks wrappers
     assert thread._create_worker_consumer(app.transport)._fetch_max_wait_ms == 25
-    assert AIOKafkaConsumerThread._create_worker_consumer.__wrapped__ is FAUST_ORIGINALS[
-        "AIOKafkaConsumerThread._create_worker_consumer"
-    ]
+    assert (
+        AIOKafkaConsumerThread._create_worker_consumer.__wrapped__
+        is FAUST_ORIGINALS["AIOKafkaConsumerThread._create_worker_consumer"]
+    )

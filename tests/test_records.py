@@ -15,6 +15,8 @@ from imgflow.records import (
     message_id,
     parse,
     parse_image_path,
+    parse_tensor,
+    tensor_message,
 )
 
 
@@ -73,11 +75,25 @@ def test_internal_records_parse_with_nested_metadata():
         decoded_at=2.0,
         model="/m.toml",
         shape=[2, 3, 3],
-        tensor_b64="AAAA",
         meta=meta,
     )
     back = parse(DecodedImage, dumps(rec))
     assert back == rec and isinstance(back.meta, ImageMeta)
+
+
+def test_a_tensor_message_carries_raw_pixels_and_its_record_in_a_header():
+    meta = ImageMeta(file_name="a.jpg", width=3, height=2, format="JPEG", bytes=10, sha256="0" * 64)
+    rec = DecodedImage(
+        image_id="i", path="/a.jpg", source="s", submitted_at=1.0, decoded_at=2.0,
+        model="/m.toml", shape=[2, 3, 3], meta=meta,
+    )  # fmt: skip
+    pixels = bytes(range(18))
+    value, headers = tensor_message(rec, pixels)
+    assert value == pixels  # raw, not base64 in JSON
+    record, back = parse_tensor(value, dict(headers))
+    assert record == rec and back == pixels
+    with pytest.raises(MalformedMessage, match="imgflow-record"):
+        parse_tensor(pixels, {})
 
 
 def test_internal_record_missing_fields_is_malformed():

@@ -154,7 +154,7 @@ def test_decode_reads_an_allowed_file_through_its_checked_real_path(
     link = tree["root"] / "inner.png"
     with opened_files() as opened:
         decoded = decode_one(item(link, default_model_spec), Limits(), [tree["root"]])
-    assert decoded.shape == [224, 224, 3]
-    assert decoded.meta.file_name == "inner.png"  # the name it was sent as
+    assert decoded.record.shape == [224, 224, 3] and len(decoded.pixels) == 224 * 224 * 3
+    assert decoded.record.meta.file_name == "inner.png"  # the name it was sent as
     # The audit hook does see opens: the checked real path, never the link.
     assert str(tree["root"] / "sub" / "cat.png") in opened and str(link) not in opened

@@ -19,7 +19,16 @@ import faust
 import pytest
 
 from agents import classify, decode, failures, store
-from imgflow.records import DecodedImage, Failure, ImageMeta, Prediction, dumps, parse
+from imgflow.records import (
+    DecodedImage,
+    Failure,
+    ImageMeta,
+    Prediction,
+    dumps,
+    parse,
+    parse_tensor,
+    tensor_message,
+)
 from tests.images import photo
 
 # Never started: in-memory channels only.
@@ -83,8 +92,9 @@ async def test_decode_emits_a_tensor_per_good_image_and_a_failure_per_bad_one(tm
         [tensor] = await drain(tensors, 1)
         kinds = {f.image_id: f.kind for f in (parse(Failure, e.value) for e in await drain(failed, 4))}
     pool.shutdown()
-    item = parse(DecodedImage, tensor.value)
+    item, pixels = parse_tensor(tensor.value, tensor.headers)
     assert item.image_id == "good.jpg" and item.shape == [32, 32, 3] and item.meta.file_name == "good.jpg"
+    assert len(pixels) == 32 * 32 * 3
     assert kinds.pop("empty.jpg") == "empty_file" and kinds.pop("missing.jpg") == "missing_file"
     assert kinds.pop("passwd") == "outside_roots"
     assert list(kinds.values()) == ["malformed_message"]  # keyed by topic/partition/offset
@@ -92,8 +102,6 @@ async def test_decode_emits_a_tensor_per_good_image_and_a_failure_per_bad_one(tm
 
 @pytest.mark.slow
 async def test_classify_predicts_per_model_and_fails_a_wrong_shape(tmp_path: Path):
-    import base64
-
     import numpy as np
 
     from models.registry import ModelCache
@@ -105,34 +113,35 @@ async def test_classify_predicts_per_model_and_fails_a_wrong_shape(tmp_path: Pat
     red = np.zeros((8, 8, 3), dtype=np.uint8)
     red[..., 0] = 255
 
-    def tensor(image_id: str, array: np.ndarray) -> bytes:
-        return dumps(
-            DecodedImage(
-                image_id=image_id,
-                path=f"/x/{image_id}.jpg",
-                source="test",
-                submitted_at=1.0,
-                decoded_at=1.0,
-                model=str(spec),
-                shape=list(array.shape),
-                tensor_b64=base64.b64encode(array.tobytes()).decode(),
-                meta=meta(image_id),
-            )
+    def tensor(image_id: str, array: np.ndarray) -> tuple[bytes, list[tuple[str, bytes]]]:
+        record = DecodedImage(
+            image_id=image_id,
+            path=f"/x/{image_id}.jpg",
+            source="test",
+            submitted_at=1.0,
+            decoded_at=1.0,
+            model=str(spec),
+            shape=list(array.shape),
+            meta=meta(image_id),
         )
+        return tensor_message(record, array.tobytes())
 
     out, predictions = channel()
     bad, failed = channel()
     models = ModelCache(ThreadPoolExecutor(1), max_models=1)
     agent = run_in_agent(lambda: classify.stage(models, output=out, failures=bad))
     async with agent.test_context() as a:
-        await a.put(tensor("red", red), key=b"red", wait=False)
-        await a.put(tensor("odd", np.zeros((4, 4, 3), dtype=np.uint8)), key=b"odd", wait=False)
+        for image_id, array in (("red", red), ("odd", np.zeros((4, 4, 3), dtype=np.uint8))):
+            value, headers = tensor(image_id, array)
+            await a.put(value, key=image_id.encode(), headers=headers, wait=False)
+        await a.put(red.tobytes(), key=b"headless", wait=False)  # no record header: malformed
         [prediction] = await drain(predictions, 1, timeout=120)
-        [failure] = await drain(failed, 1)
+        failures = [parse(Failure, e.value) for e in await drain(failed, 2)]
     p = parse(Prediction, prediction.value)
     assert (p.image_id, p.label, p.model, p.model_version) == ("red", "red", "rb", "1")
-    f = parse(Failure, failure.value)
-    assert (f.image_id, f.stage, f.kind) == ("odd", "classify", "bad_tensor")
+    kinds = {f.image_id: (f.stage, f.kind) for f in failures}
+    assert kinds.pop("odd") == ("classify", "bad_tensor")
+    assert list(kinds.values()) == [("classify", "malformed_message")]
 
 
 def prediction(image_id: str, label: str = "cat") -> bytes:
