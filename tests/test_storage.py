@@ -166,3 +166,15 @@ async def test_a_document_written_before_ranks_existed_is_replaced(store: Store,
     await store.write_predictions([prediction("old", "1.0", T0, "tabby")])
     doc = db.images.find_one({"_id": "old"})
     assert (doc["label"], doc["prediction"]["label"], doc["hidden"]) == ("tabby", "tabby", True)
+
+
+async def test_values_that_look_like_field_paths_are_stored_as_written(store: Store, db):
+    """The guarded write is an update pipeline, where "$name" would read a field: values stay literal."""
+    p = prediction("dollar", "1.0", T0, "$label")
+    p.path = "$HOME/image.jpg"
+    p.attrs = {"camera": "$cam", "tags": ["$a", "b"]}
+    await store.write_predictions([p])
+    doc = db.images.find_one({"_id": "dollar"})
+    assert (doc["path"], doc["label"], doc["prediction"]["label"]) == ("$HOME/image.jpg", "$label", "$label")
+    assert doc["attrs"] == {"camera": "$cam", "tags": ["$a", "b"]}
+    assert doc["hidden"] is False and doc["created_at"] == doc["updated_at"]
