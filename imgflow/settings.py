@@ -48,7 +48,8 @@ class Settings(BaseSettings):
 
     # Stage tuning
     batch_size: int = Field(32, ge=1, validation_alias=_env("IMGFLOW_BATCH_SIZE"))
-    batch_wait: float = Field(0.005, gt=0, validation_alias=_env("IMGFLOW_BATCH_WAIT"))
+    #: A stage takes what is queued, up to its batch size, waiting at most this long for more.
+    batch_wait: float = Field(0.01, gt=0, validation_alias=_env("IMGFLOW_BATCH_WAIT"))
     decode_batch_size: int = Field(16, ge=1, validation_alias=_env("IMGFLOW_DECODE_BATCH_SIZE"))
     decode_timeout: float = Field(10.0, gt=0, validation_alias=_env("IMGFLOW_DECODE_TIMEOUT"))
     #: Decode JPEGs at a reduced scale when the model's input is much smaller (Pillow's draft
@@ -91,7 +92,9 @@ class Settings(BaseSettings):
     #: How long the broker may hold a fetch that finds no new records (Faust hard-codes 1500).
     #: The embedded broker holds a fetch over several partitions for all of it, so it is paid
     #: on every hop of the chain (DESIGN section 8); Apache Kafka answers as soon as data arrives.
-    fetch_max_wait_ms: int = Field(10, ge=0, le=30_000, validation_alias=_env("IMGFLOW_FETCH_MAX_WAIT_MS"))
+    #: Lower is faster and costs more idle polling (measured: 10 ms -> p95 53 ms at 30 images/s
+    #: and 19% of a core idle for worker + broker; 25 ms -> 78 ms and 11%; 50 ms -> 134 ms, 7%).
+    fetch_max_wait_ms: int = Field(25, ge=0, le=30_000, validation_alias=_env("IMGFLOW_FETCH_MAX_WAIT_MS"))
     commit_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_COMMIT_INTERVAL"))
     stall_seconds: float = Field(30.0, gt=0, validation_alias=_env("IMGFLOW_STALL_SECONDS"))
 

@@ -372,3 +372,23 @@ def test_a_savedmodel_spec_must_name_a_savedmodel(tiny_dir, tmp_path):
     spec = load_spec(_write_spec(tmp_path, "bad", "savedmodel", "empty"))
     with pytest.raises(ModelLoadError, match="not a SavedModel"):
         load_classifier(spec)
+
+
+def test_the_fast_path_agrees_with_the_full_one_on_the_demo_set(default_dir, default_classifier, tmp_path):
+    """Draft JPEG decoding + TFLite (the default) against full decoding + Keras (the path before it).
+
+    Faster decoding changes pixels slightly; top-1 must stay the same for at least 99% of the
+    demo images (measured: all of them; on 1280x960 camera-style crops, `make bench` reports it).
+    """
+    from imgflow.imaging import decode_image
+    from simulator.dataset import write_dataset
+
+    paths = write_dataset(tmp_path / "demo")
+    keras_model = load_in_thread(load_spec(default_dir / KERAS_SPEC_NAME))
+    size, resize = default_classifier.spec.input_size, default_classifier.spec.resize
+    full = np.stack([decode_image(p, size, resize, draft=False).tensor for p in paths])
+    fast = np.stack([decode_image(p, size, resize).tensor for p in paths])
+    before = [top[0][0] for top in keras_model.predict(full)]
+    after = [top[0][0] for top in default_classifier.predict(fast)]
+    agreement = sum(a == b for a, b in zip(before, after, strict=True)) / len(paths)
+    assert len(paths) >= 90 and agreement >= 0.99, (agreement, len(paths))
