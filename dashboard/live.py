@@ -170,7 +170,7 @@ class CountsView(Viewer):
 
 
 class ThroughputView(Viewer):
-    """KPI tiles (images/s, failures/s, p50/p95 end-to-end, totals), a rate chart and worker status."""
+    """KPI tiles (images/s, failures/s, p50/p95 publish -> stored, totals), a rate chart and worker status."""
 
     feed = param.ClassSelector(class_=LiveFeed)
 
@@ -211,8 +211,8 @@ class ThroughputView(Viewer):
         return [
             (f"images/s stored ({minutes:g} min)", rate("stored_per_s"), False),
             (f"failures/s ({minutes:g} min)", rate("failed_per_s"), bool(stats.get("failed"))),
-            ("p50 end-to-end", fmt_seconds(stats.get("p50")), False),
-            ("p95 end-to-end", fmt_seconds(stats.get("p95")), False),
+            ("p50 publish→stored", fmt_seconds(stats.get("p50")), False),
+            ("p95 publish→stored", fmt_seconds(stats.get("p95")), False),
             ("images stored", str(totals.get("images", NONE)), False),
             ("failures", str(totals.get("failures", NONE)), bool(totals.get("failures"))),
             ("corrected labels", str(totals.get("corrected", NONE)), False),

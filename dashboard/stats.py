@@ -30,7 +30,12 @@ def percentile(values: list[float], q: float) -> float | None:
 def throughput(
     db, minutes: float = STATS_MINUTES, now: datetime | None = None, bucket: float = 10.0
 ) -> dict[str, Any]:
-    """Images stored per second, failures per second and end-to-end latency over the last minutes."""
+    """Images stored per second, failures per second and end-to-end latency over the last minutes.
+
+    Latency is publish -> stored: a prediction's ``stored_at`` (written with the MongoDB
+    upsert) minus its ``submitted_at`` (set when the path was published), the definition
+    ``make bench`` reports too.
+    """
     now = now or datetime.now(UTC)
     span = minutes * 60.0
     since = now - timedelta(seconds=span)

@@ -482,7 +482,7 @@ def test_throughput_and_latency_from_mongodb_timestamps(db, tmp_path: Path):
     view.feed.stats = {**numbers, "totals": stats.totals(db)}
     view.update()
     tiles = dict((name, value) for name, value, _bad in view.kpis())
-    assert tiles["p50 end-to-end"] == "1.00 s" and tiles["p95 end-to-end"] == "1.90 s"
+    assert tiles["p50 publish→stored"] == "1.00 s" and tiles["p95 publish→stored"] == "1.90 s"
     assert tiles["images stored"] == "21" and tiles["failures"] == "1"
     assert "1.90 s" in view.tiles.object
     assert view.kpis()[0][1] == "0.07"
