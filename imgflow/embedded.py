@@ -56,7 +56,7 @@ class Service:
     proc: subprocess.Popen | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
-    def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -65,6 +65,7 @@ class Service:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
             start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
         )
         log.info("started %s (pid %d) on 127.0.0.1:%d", self.name, self.proc.pid, self.port)
