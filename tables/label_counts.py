@@ -10,8 +10,14 @@ label. Two tables share those partitions:
 - ``label_counted``: which (label, model, image) each window has counted, so a
   redelivered result is counted once.
 
-Counting follows the stored event's timestamp (``relative_to_stream``), so a
-window holds what was stored during it.
+A result is counted in the window of its *request* (``Stored.submitted_at``, when
+its path was published), not of the message that carried it: a redelivered or
+re-stored result (a worker killed before it committed) is re-published into the
+repartition topic with a new timestamp, possibly in a later window, where the
+window's ``label_counted`` could not know it and the image was counted twice.
+Its request time never changes, so every copy lands in the same window. (Live,
+request and storage times differ by the chain's latency; a replay is a new
+request.)
 
 **Exactly once across crashes.** One stored result touches three keys, and each
 write is its own changelog record: a worker killed between them leaves a prefix
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +55,16 @@ log = logging.getLogger(__name__)
 
 SEP = "\t"
 MALFORMED = b"\x00malformed"
+
+
+def request_time(event: EventT[Any] | None) -> float:
+    """The window time of a stored result: its request's ``submitted_at`` (module docstring)."""
+    if event is not None:
+        try:
+            return parse(Stored, event.value).submitted_at or float(event.message.timestamp)
+        except MalformedMessage:
+            return float(event.message.timestamp)
+    return time.time()
 
 
 def windowed_counter(name: str, help: str, *, pairs: bool = False) -> WindowWrapperT:
@@ -74,9 +91,10 @@ def windowed_counter(name: str, help: str, *, pairs: bool = False) -> WindowWrap
         )
     else:
         windowed = table.tumbling(settings.window_seconds, expires=settings.window_expires)
-    windowed = windowed.relative_to_stream()
-    windowed.table.on_recover(lambda: schedule_expiry(windowed.table))
-    return windowed
+    # WindowWrapperT (Faust's protocol) omits relative_to; the concrete WindowWrapper has it.
+    by_request: WindowWrapperT = windowed.relative_to(request_time)  # type: ignore[attr-defined]
+    by_request.table.on_recover(lambda: schedule_expiry(by_request.table))
+    return by_request
 
 
 label_counts = windowed_counter("label_counts", "Images stored per label per window.", pairs=True)

@@ -75,3 +75,22 @@ def test_counts_read_old_ints_and_new_pairs():
     assert (
         count_once([3, 9], 9) == [3, 9] and count_once([3, 9], 10) == [4, 10] and count_once([], 1) == [1, 1]
     )
+
+
+def test_every_copy_of_a_stored_result_falls_in_its_requests_window():
+    """A result re-published after a crash carries a new message timestamp; its window must not move."""
+    from types import SimpleNamespace
+
+    from imgflow.records import Stored, dumps
+    from tables.label_counts import request_time
+
+    stored = Stored(
+        image_id="i", label="tabby", score=0.9, model="m", model_version="1",
+        submitted_at=1000.5, stored_at=1000.6,
+    )  # fmt: skip
+    restored = Stored(**{**stored.asdict(), "stored_at": 1090.0})  # stored again, much later
+    for record, message_ts in ((stored, 1000.7), (restored, 1090.1)):
+        event = SimpleNamespace(value=dumps(record), message=SimpleNamespace(timestamp=message_ts))
+        assert request_time(event) == 1000.5  # type: ignore[arg-type]
+    malformed = SimpleNamespace(value=b"{", message=SimpleNamespace(timestamp=1234.0))
+    assert request_time(malformed) == 1234.0  # type: ignore[arg-type]
