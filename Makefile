@@ -47,7 +47,7 @@ format: $(STAMP) ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP) $(MODEL_SPEC) ## End-to-end throughput benchmark on the embedded stack
+bench: $(STAMP) $(MODEL_SPEC) ## Speed on camera-sized JPEGs: limit, 1-2 workers, latency, seed baseline -> benchmarks/results/latest.json
 	$(BIN)/python -m benchmarks.throughput
 
 soak: $(STAMP) $(MODEL_SPEC) ## Kill/stop workers and MongoDB under load; check exactly-once and no stall (SOAK_ARGS="--runs 5")
