@@ -9,21 +9,29 @@ Collections (DESIGN section 2):
   ``predicted_at``, never by arrival: a late redelivery or a recomputation of an
   older request leaves a newer result in place (see :func:`recency`).
 - ``failures``: one document per image (or malformed message) that could not go on.
+- ``counters`` (:mod:`imgflow.tally`): exact totals, kept as these writes happen.
+- ``rates`` (:mod:`imgflow.rates`): results and failures per 10 s, with latencies.
+- ``choices``: every label, source and model version seen, for the dashboard's filters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import PyMongoError
 
-from imgflow.mongo import connect_async
+from imgflow import rates
+from imgflow.mongo import connect, connect_async
 from imgflow.records import Failure, Prediction
+from imgflow.tally import FAILURES, IMAGES, Tally, predictions_key, sweep
+from imgflow.tally import INDEXES as TALLY_INDEXES
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +66,14 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "images": [
         IndexModel([("updated_at", DESCENDING)], name="newest"),
-        IndexModel([("label", ASCENDING), ("updated_at", DESCENDING)], name="label_newest"),
+        IndexModel([("elabel", ASCENDING), ("updated_at", DESCENDING)], name="label_newest_seen"),
         IndexModel([("score", DESCENDING)], name="score"),
-        IndexModel([("model", ASCENDING), ("model_version", ASCENDING)], name="model_version"),
+        IndexModel(
+            [("model", ASCENDING), ("model_version", ASCENDING), ("updated_at", DESCENDING)],
+            name="model_version_newest",
+        ),
+        IndexModel([("source", ASCENDING), ("updated_at", DESCENDING)], name="source_newest"),
+        IndexModel([("feedback.at", DESCENDING)], name="corrected_newest", sparse=True),
     ],
     "failures": [
         IndexModel([("failed_at", DESCENDING)], name="newest"),
@@ -97,29 +110,37 @@ RANK_SEP = "\x01"
 
 
 def _write_if_newer(
-    doc_id: str, fields: dict[str, Any], on_insert: dict[str, Any], rank_path: str
+    doc_id: str,
+    fields: dict[str, Any],
+    on_insert: dict[str, Any],
+    rank_path: str,
+    computed: dict[str, Any] | None = None,
 ) -> UpdateOne:
     """One upsert that writes ``fields`` unless the stored document holds a newer result.
 
     An update pipeline (MongoDB 4.2+, and SecantusDB) keeps the document as it is when its
     rank (at ``rank_path``, see :func:`recency`) is at least the new one, else merges
-    ``fields`` in; a missing document is created with ``fields`` and ``on_insert``, which an
-    existing document keeps as they are (user state). A document without a rank (written
-    before ranks existed) counts as oldest. One atomic operation per document, correct in
-    any order and in an unordered bulk write; writing it twice changes nothing. (A filter
-    on the rank cannot do this alone: when the stored result is newer the filter misses and
-    the upsert tries to insert a second document with the same ``_id``. The two operations
-    that worked around it cost the database a third more time per document.)
+    ``fields`` in; a missing document is created with ``fields`` and ``on_insert`` (user
+    state and the insert's tally token, :mod:`imgflow.tally`), which an existing document
+    never gets. ``computed`` are expressions of the stored document (the effective label).
+    A document without a rank (written before ranks existed) counts as oldest. One atomic
+    operation per document, correct in any order and in an unordered bulk write; writing it
+    twice changes nothing. (A filter on the rank cannot do this alone: when the stored result
+    is newer the filter misses and the upsert tries to insert a second document with the
+    same ``_id``. The two operations that worked around it cost the database a third more
+    time per document.)
     """
     rank: Any = fields
     for part in rank_path.split("."):
         rank = rank[part]
     newer = {"$lt": [{"$ifNull": [f"${rank_path}", ""]}, rank]}
+    created = {"$eq": [{"$size": {"$objectToArray": "$$ROOT"}}, 1]}  # an upsert: only its _id
     merged = {
         "$mergeObjects": [
             "$$ROOT",
             {"$literal": fields},  # literal: a value such as a path may start with "$"
-            {name: {"$ifNull": [f"${name}", {"$literal": value}]} for name, value in on_insert.items()},
+            {"$cond": [created, {"$literal": on_insert}, {}]},
+            *([computed] if computed else []),
         ]
     }
     return UpdateOne({"_id": doc_id}, [{"$replaceWith": {"$cond": [newer, merged, "$$ROOT"]}}], upsert=True)
@@ -139,20 +160,27 @@ def _newest(preds: Iterable[Prediction], key) -> list[Prediction]:
     return list(newest.values())
 
 
-def prediction_ops(preds: Iterable[Prediction], stored_at: datetime) -> dict[str, list[UpdateOne]]:
+def prediction_ops(
+    preds: Iterable[Prediction], stored_at: datetime, token: str | None = None
+) -> dict[str, list[Any]]:
     """Updates for one batch of predictions, one unordered bulk write per collection.
 
     Keyed so that redelivery rewrites in place, and conditional on :func:`recency` so
     that a late redelivery (at least once) of an older result never replaces a newer
     one: ``images`` keeps the latest prediction of any model, ``predictions`` the latest
     of each (image, model, version). User state (``hidden``, ``feedback``) is only
-    ever set on insert or by the user.
+    ever set on insert or by the user. A created document carries ``token``, the batch's
+    tally token (:mod:`imgflow.tally`); ``versions`` names the model version of each
+    ``predictions`` update, in order, to count the ones that created a document.
     """
     preds = list(preds)
+    tally = {"tally": token} if token else {}
     predictions: list[UpdateOne] = []
+    versions: list[tuple[str, str]] = []
     images: list[UpdateOne] = []
     for p in _newest(preds, lambda p: prediction_id(p.image_id, p.model, p.model_version)):
         result = _result(p)
+        versions.append((p.model, p.model_version))
         predictions.append(
             _write_if_newer(
                 prediction_id(p.image_id, p.model, p.model_version),
@@ -167,7 +195,7 @@ def prediction_ops(preds: Iterable[Prediction], stored_at: datetime) -> dict[str
                     "submitted_at": when(p.submitted_at),
                     "stored_at": stored_at,
                 },
-                {},
+                tally,
                 "rank",
             )
         )
@@ -196,11 +224,13 @@ def prediction_ops(preds: Iterable[Prediction], stored_at: datetime) -> dict[str
                     "updated_at": stored_at,
                     "attrs": p.attrs,
                 },
-                {"created_at": stored_at, "hidden": False},
+                {"created_at": stored_at, "hidden": False, **tally},
                 "prediction.rank",
+                # The label a person sees (a correction wins), one indexed field to filter by.
+                {"elabel": {"$ifNull": ["$feedback.label", {"$literal": p.label}]}},
             )
         )
-    return {"predictions": predictions, "images": images}
+    return {"predictions": predictions, "images": images, "versions": versions}
 
 
 def _result(p: Prediction) -> dict[str, Any]:
@@ -216,8 +246,8 @@ def _result(p: Prediction) -> dict[str, Any]:
     }
 
 
-def failure_ops(failures: Iterable[Failure]) -> list[UpdateOne]:
-    """One document per failed image; a repeated failure updates it and counts."""
+def failure_ops(failures: Iterable[Failure], token: str | None = None) -> list[UpdateOne]:
+    """One document per failed image; a repeated failure updates it (a new one carries ``token``)."""
     ops = []
     for f in failures:
         ops.append(
@@ -239,7 +269,10 @@ def failure_ops(failures: Iterable[Failure]) -> list[UpdateOne]:
                         "submitted_at": when(f.submitted_at),
                         "failed_at": when(f.failed_at),
                     },
-                    "$setOnInsert": {"first_failed_at": when(f.failed_at)},
+                    "$setOnInsert": {
+                        "first_failed_at": when(f.failed_at),
+                        **({"tally": token} if token else {}),
+                    },
                 },
                 upsert=True,
             )
@@ -247,44 +280,127 @@ def failure_ops(failures: Iterable[Failure]) -> list[UpdateOne]:
     return ops
 
 
+def write_predictions(db: Any, tally: Tally, preds: list[Prediction], stored_at: datetime) -> None:
+    """Store one batch as the sink does, with its counters (synchronous pymongo).
+
+    Results upserted in both collections; failures of these images (a retried dead
+    letter that now succeeded) marked ``gone`` and counted out, then deleted; the
+    batch's totals settled once (:mod:`imgflow.tally`); filter choices and the
+    per-interval rates (:mod:`imgflow.rates`) updated.
+    """
+    token = tally.begin()
+    ops = prediction_ops(preds, stored_at, token)
+    written = db.predictions.bulk_write(ops["predictions"], ordered=False)
+    created = db.images.bulk_write(ops["images"], ordered=False)
+    ids = list({p.image_id for p in preds})
+    resolved = db.failures.update_many(
+        {"_id": {"$in": ids}, "gone": {"$exists": False}}, {"$set": {"gone": token}}
+    )
+    deltas: Counter[str] = Counter({IMAGES: created.upserted_count, FAILURES: -resolved.modified_count})
+    for index in written.upserted_ids:
+        deltas[predictions_key(*ops["versions"][index])] += 1
+    tally.settle(deltas, first_at=stored_at)
+    if resolved.modified_count:
+        db.failures.delete_many({"gone": token})
+    note_choices(db, preds)
+    rates.record(db, stored_at, stored=[p.submitted_at for p in preds])
+
+
+def write_failures(db: Any, tally: Tally, failures: list[Failure]) -> None:
+    """Store dead letters as the dead-letter sink does, with their counter and rate."""
+    token = tally.begin()
+    created = db.failures.bulk_write(failure_ops(failures, token), ordered=False)
+    tally.settle({FAILURES: created.upserted_count})
+    rates.record_failures(db, [f.failed_at for f in failures])
+
+
+#: Filter choices already recorded by this process, per database (a few labels, sources, models).
+_known_choices: dict[tuple[int, str], set[tuple[str, str]]] = {}
+
+
+def choices_of(preds: Iterable[Prediction]) -> set[tuple[str, str]]:
+    found = set()
+    for p in preds:
+        found.add(("label", p.label))
+        found.add(("model", f"{p.model}:{p.model_version}"))
+        if p.source:
+            found.add(("source", p.source))
+    return found
+
+
+def note_choices(db: Any, preds: Iterable[Prediction]) -> None:
+    """Remember each label, source and model version once, for the dashboard's filters.
+
+    Reading the choices from ``images`` (``distinct``) walks every document; this
+    collection holds one document per value, written the first time a process sees it.
+    """
+    known = _known_choices.setdefault((id(db.client), db.name), set())
+    new = choices_of(preds) - known
+    if new:
+        db.choices.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": f"{kind}:{value}"}, {"$setOnInsert": {"kind": kind, "value": value}}, upsert=True
+                )
+                for kind, value in sorted(new)
+            ],
+            ordered=False,
+        )
+        known.update(new)
+
+
+def ensure_indexes(db: Any) -> None:
+    for indexes in (INDEXES, TALLY_INDEXES):
+        for name, models in indexes.items():
+            db[name].create_indexes(models)
+
+
 class Store:
-    """Async MongoDB access for the worker's sink agents."""
+    """MongoDB access for the worker's sink agents.
+
+    The writes run in a thread on a synchronous client: one batch is a few bulk writes
+    and small counter updates in order, which keeps the event loop free meanwhile.
+    """
 
     def __init__(self, url: str, db_name: str) -> None:
         # Journaled writes (imgflow/mongo.py): a database crash cannot undo a write whose
-        # offsets were already committed.
+        # offsets were already committed. The sinks write with the synchronous client in a
+        # thread; the web views and the watcher read with the asynchronous one.
+        self.writer: Any = connect(url)
         self.client: Any = connect_async(url)
         self.db = self.client[db_name]
+        self.sync_db = self.writer[db_name]
+        self.results = Tally(self.sync_db, "sink")
+        self.dead_letters = Tally(self.sync_db, "dead-letters")
         self._indexed = False
         self._indexing = asyncio.Lock()
 
     async def ensure_indexes(self) -> None:
-        for name, indexes in INDEXES.items():
-            await self.db[name].create_indexes(indexes)
+        await asyncio.to_thread(ensure_indexes, self.sync_db)
 
     async def ready(self) -> None:
-        """Create the indexes once, before the first write (retried while MongoDB is down)."""
+        """Indexes, and counters left unsettled by a crash, once before the first write.
+
+        Retried while MongoDB is down.
+        """
         if not self._indexed:
             async with self._indexing:
                 if not self._indexed:
                     await retry_forever("create indexes", self.ensure_indexes)
+                    await retry_forever("settle counters", partial(asyncio.to_thread, sweep, self.sync_db))
                     self._indexed = True
 
     async def write_predictions(self, preds: list[Prediction]) -> datetime:
         stored_at = datetime.now(UTC)
-        ops = prediction_ops(preds, stored_at)
-        await self.db.predictions.bulk_write(ops["predictions"], ordered=False)
-        await self.db.images.bulk_write(ops["images"], ordered=False)
-        # An image that succeeds (e.g. a retried dead letter) leaves the failures list.
-        ids = list({p.image_id for p in preds})
-        await self.db.failures.delete_many({"_id": {"$in": ids}})
+        await asyncio.to_thread(write_predictions, self.sync_db, self.results, preds, stored_at)
         return stored_at
 
     async def write_failures(self, failures: list[Failure]) -> None:
-        await self.db.failures.bulk_write(failure_ops(failures), ordered=False)
+        await asyncio.to_thread(write_failures, self.sync_db, self.dead_letters, failures)
 
     async def close(self) -> None:
         await self.client.close()
+        await asyncio.to_thread(self.writer.close)
 
 
 async def retry_forever(

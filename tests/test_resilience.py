@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from imgflow import tally
 from imgflow.embedded import start_mongo
 from simulator.dataset import write_dataset
 from tests.support import Pipeline, path_message, produce_raw, wait_until
@@ -45,6 +46,12 @@ def test_killed_and_stopped_workers_lose_nothing(pipeline: Pipeline, tmp_path: P
     assert stored == ids
     assert db.predictions.count_documents({}) == len(ids)  # redelivery rewrote, never duplicated
     assert db.failures.count_documents({}) == 0
+    # The totals the dashboard shows are counters: exact through the kill and the redelivery
+    # (the killed worker's last batch is settled by the next worker's sweep).
+    wait_until(lambda: tally.totals(db)["images"] >= len(ids), 60, "counters settled")
+    counted = tally.totals(db)
+    assert (counted["images"], counted["failures"]) == (len(ids), 0)
+    assert sum(counted["predictions"].values()) == len(ids)
 
 
 def test_mongodb_outage_delays_results_but_loses_none(pipeline: Pipeline, tmp_path: Path):

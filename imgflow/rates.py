@@ -1,0 +1,98 @@
+"""Rates and latency per interval, written by the sinks, read by the dashboard: sized by the window.
+
+The dashboard shows images stored and failed per second, and publish -> stored
+latency percentiles, over the last minutes, for the whole cluster. Reading every
+prediction of those minutes (30,000 documents at 100 images/s) made a refresh
+cost what the traffic was; instead every sink adds its batch to one document per
+``BUCKET_SECONDS`` interval: counts, and a histogram of latencies in
+logarithmic bins (``BINS_PER_DECADE`` per factor of ten, so a percentile read
+back is within ~6% of the exact one). A refresh reads the window's documents:
+30 for 5 minutes, whatever the load and the history.
+
+These are statistics, not totals: a batch redelivered after a crash is counted
+again (it was stored again). Exact totals are :mod:`imgflow.tally`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+COLLECTION = "rates"
+BUCKET_SECONDS = 10
+BINS_PER_DECADE = 20
+#: How long intervals are kept (the dashboard reads minutes back).
+KEEP_SECONDS = 24 * 3600
+
+
+def bucket_of(t: float) -> int:
+    """The interval a time (epoch seconds) falls in: its start, a multiple of ``BUCKET_SECONDS``."""
+    return int(t // BUCKET_SECONDS) * BUCKET_SECONDS
+
+
+def bin_of(seconds: float) -> int:
+    """The histogram bin of a latency: bin b covers [10^(b/20), 10^((b+1)/20)) milliseconds."""
+    ms = max(seconds * 1000.0, 1.0)
+    return math.floor(math.log10(ms) * BINS_PER_DECADE)
+
+
+def bin_value(b: int) -> float:
+    """A bin's representative latency in seconds (its geometric middle)."""
+    return 10 ** ((b + 0.5) / BINS_PER_DECADE) / 1000.0
+
+
+def record(db: Any, at: datetime, stored: Iterable[float] = ()) -> None:
+    """Add one batch of results stored at ``at``, requested at the times in ``stored``."""
+    submitted = list(stored)
+    if not submitted:
+        return
+    now = at.timestamp()
+    bins = Counter(bin_of(now - t) for t in submitted if t)
+    inc: dict[str, int] = {"stored": len(submitted)}
+    inc.update({f"lat.{b}": n for b, n in bins.items()})
+    result = db[COLLECTION].update_one(
+        {"_id": bucket_of(now)}, {"$inc": {k: v for k, v in inc.items() if v}}, upsert=True
+    )
+    if result.upserted_id is not None:  # a new interval: drop the ones nobody reads any more
+        prune(db, now - KEEP_SECONDS)
+
+
+def record_failures(db: Any, failed_at: Iterable[float]) -> None:
+    """Add failures at their times (one update per interval they fall in)."""
+    for bucket, n in sorted(Counter(bucket_of(t) for t in failed_at if t).items()):
+        db[COLLECTION].update_one({"_id": bucket}, {"$inc": {"failed": n}}, upsert=True)
+
+
+def window(db: Any, since: float) -> list[dict[str, Any]]:
+    """The intervals that start at or after ``since`` (epoch seconds): one indexed range read."""
+    return list(db[COLLECTION].find({"_id": {"$gte": bucket_of(since)}}))
+
+
+def percentile(histogram: Counter[int], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of a latency histogram, in seconds; None when empty."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(1, min(total, math.ceil(q * total / 100)))
+    seen = 0
+    for b in sorted(histogram):
+        seen += histogram[b]
+        if seen >= rank:
+            return bin_value(b)
+    return None  # unreachable: seen reaches total
+
+
+def histogram(docs: Iterable[dict[str, Any]]) -> Counter[int]:
+    merged: Counter[int] = Counter()
+    for doc in docs:
+        for b, n in (doc.get("lat") or {}).items():
+            merged[int(b)] += int(n)
+    return merged
+
+
+def prune(db: Any, older_than: float) -> int:
+    """Drop intervals before ``older_than`` (epoch seconds); the dashboard reads minutes back."""
+    return db[COLLECTION].delete_many({"_id": {"$lt": bucket_of(older_than)}}).deleted_count
