@@ -7,6 +7,7 @@ CLI's ``compare`` report.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pandas as pd
@@ -61,7 +62,9 @@ class CompareView(Viewer):
         self.model_a = pn.widgets.Select(label="Model A", options=[], width=260)
         self.model_b = pn.widgets.Select(label="Model B", options=[], width=260)
         self.run = pn.widgets.Button(label="Compare", color="primary", width=110, align="end")
-        self.run.on_click(lambda _e: self.compare())
+        self.run.on_click(self._run)
+        # The comparison reads every prediction of both versions, range by range: show how far.
+        self.progress = pn.indicators.Progress(value=0, max=100, visible=False, width=260, align="center")
         self.summary = pn.pane.HTML(sizing_mode="stretch_width", stylesheets=[stylesheet("text")])
         self.pairs = self._table(pd.DataFrame(columns=PAIR_COLUMNS))
         self.changed = self._table(pd.DataFrame(columns=CHANGED_COLUMNS))
@@ -85,19 +88,42 @@ class CompareView(Viewer):
         if len(versions) < 2:
             self.summary.object = too_few_html(len(versions))
 
-    def compare(self) -> dict[str, Any] | None:
+    async def _run(self, _event=None) -> None:
+        """The button: compare in a thread, the bar following its progress, the page responsive."""
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(setattr, self.progress, "value", int(100 * done / max(total, 1)))
+
+        self.run.disabled, self.progress.value, self.progress.visible = True, 0, True
+        try:
+            result = await asyncio.to_thread(self._result, progress)
+            if result is not None:
+                self.show(result)
+        finally:
+            self.run.disabled, self.progress.visible = False, False
+
+    def _result(self, progress=None) -> dict[str, Any] | None:
         a, b = self.model_a.value, self.model_b.value
         if not a or not b or a == b:
+            return None
+        return self.store.compare(a, b, progress=progress)
+
+    def compare(self) -> dict[str, Any] | None:
+        result = self._result()
+        if result is None:
             self.summary.object = meta("Choose two different model versions.")
             return None
-        result = self.store.compare(a, b)
+        self.show(result)
+        return result
+
+    def show(self, result: dict[str, Any]) -> None:
         self.result = result
         # Fresh tables per comparison: their columns' types change with the data.
         self.pairs = self._table(pd.DataFrame(label_pairs(result), columns=PAIR_COLUMNS))
         self.changed = self._table(pd.DataFrame(result.get("changed") or [], columns=CHANGED_COLUMNS))
         self._layout_tables()
         self.summary.object = summary_html(result)
-        return result
 
     @staticmethod
     def _table(frame: pd.DataFrame) -> pn.widgets.Tabulator:
@@ -124,7 +150,7 @@ class CompareView(Viewer):
 
     def __panel__(self):
         return pn.Column(
-            pn.Row(self.model_a, self.model_b, self.run),
+            pn.Row(self.model_a, self.model_b, self.run, self.progress),
             self.summary,
             self.tables,
             sizing_mode="stretch_width",

@@ -16,6 +16,9 @@ from panel.viewable import Viewer
 
 from dashboard.data_store import DataStore
 
+#: Corrections the table shows, newest first (the downloads hold all of them).
+SHOWN = 500
+
 COLUMNS = ["file_name", "predicted_label", "label", "model", "model_version", "corrected_at", "image_id"]
 
 
@@ -50,7 +53,7 @@ class CorrectionsView(Viewer):
         )
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.store.corrections(), columns=COLUMNS)
+        return pd.DataFrame(self.store.corrections(newest=SHOWN), columns=COLUMNS)
 
     @param.depends("store.images", watch=True)
     def render(self) -> None:
@@ -62,8 +65,9 @@ class CorrectionsView(Viewer):
     def __panel__(self):
         return pn.Column(
             pn.pane.Markdown(
-                "Labels corrected by people (the gallery shows them with ✎). Export them to retrain a "
-                "model; each row keeps the model's label and version beside the corrected one.",
+                "Labels corrected by people (the gallery shows them with ✎), the newest 500 here. Export "
+                "all of them to retrain a model; each row keeps the model's label and version beside "
+                "the corrected one.",
                 sizing_mode="stretch_width",
             ),
             pn.Row(self.csv, self.json),

@@ -27,8 +27,11 @@ from dashboard.feed import LiveFeed
 from dashboard.previews import THUMB_PX, preview_jpeg
 from dashboard.queries import (
     ALL,
+    COUNT_CAP,
+    Cursor,
     compare_models,
     count_images,
+    cursor_of,
     effective_label,
     filter_choices,
     get_db,
@@ -37,7 +40,8 @@ from dashboard.queries import (
     image_page,
     recent_failures,
 )
-from imgflow.queries import model_versions
+from dashboard.stats import counted
+from imgflow.tally import model_versions_of
 
 #: Time-range presets of the filter, in seconds back from now (None: no limit).
 TIME_RANGES: dict[str, float | None] = {
@@ -65,7 +69,9 @@ class DataStore(param.Parameterized):
     page_size = param.Integer(default=24, bounds=(1, 500))
 
     images = param.List(default=[], doc="The current gallery page, newest first.")
-    total = param.Integer(default=0, doc="Images matching the filters.")
+    total = param.Integer(default=0, doc="Images matching the filters (at least, if capped).")
+    total_capped = param.Boolean(default=False, doc="total is COUNT_CAP: more images match.")
+    has_older = param.Boolean(default=False, doc="An older page exists.")
     failures = param.List(default=[])
     versions = param.List(default=[], doc="name:version of every model with predictions.")
     selected = param.String(default=None, allow_None=True, doc="image_id shown in the detail view.")
@@ -90,6 +96,8 @@ class DataStore(param.Parameterized):
         self._roots = roots
         self.feed = feed
         self.settings = settings  # imgflow Settings for retries; None: the environment's
+        self._cursors: list[Cursor | None] = [None]  # where each visited page starts
+        self._cursor_key = ""
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -120,9 +128,9 @@ class DataStore(param.Parameterized):
 
     def _changed(self) -> None:
         """After an edit: this session re-queries now, the others via the shared feed."""
-        self.load_images()
         if self.feed is not None:
-            self.feed.touch()
+            self.feed.touch()  # first: the shared answers of the old version are stale now
+        self.load_images()
 
     def _failed(self, exc: PyMongoError) -> None:
         self.error = f"MongoDB: {type(exc).__name__}: {exc}"
@@ -141,6 +149,18 @@ class DataStore(param.Parameterized):
             include_hidden=self.include_hidden,
         )
 
+    def filters(self) -> tuple:
+        """The filters as one hashable value (a time range by its name, not its moving bounds)."""
+        return (
+            self.label,
+            tuple(self.score),
+            self.model,
+            self.time_range,
+            self.source,
+            self.include_hidden,
+            self.page_size,
+        )
+
     @param.depends("label", "score", "model", "time_range", "source", "include_hidden", watch=True)
     def _filters_changed(self) -> None:
         if self.page:
@@ -148,32 +168,87 @@ class DataStore(param.Parameterized):
         else:
             self.load_images()
 
+    def _shared(self, key: Any, load):
+        """One query for every session asking the same thing at the same data version."""
+        return self.feed.shared(key, load) if self.feed is not None else load()
+
+    def _counted(self) -> dict[str, Any]:
+        counts = self.feed.counted if self.feed is not None else None
+        return counts if counts is not None else self._shared("counted", lambda: counted(self.db))
+
+    def _exact_total(self, counts: dict[str, Any]) -> int | None:
+        """The match count from the counters, when the filters are only "hidden or not"."""
+        if any(getattr(self, name) != ALL for name in ("label", "model", "source")):
+            return None
+        if tuple(self.score) != (0.0, 1.0) or TIME_RANGES.get(self.time_range):
+            return None
+        shown = counts["images"] - (0 if self.include_hidden else counts["hidden"])
+        return max(0, int(shown))
+
+    def _cursor(self, q: dict[str, Any], page: int, floor) -> Cursor | None:
+        """Where ``page`` starts: the previous page's last image (walking forward if needed)."""
+        while len(self._cursors) <= page:
+            known = len(self._cursors) - 1
+            docs = image_page(self.db, q, self.page_size, after=self._cursors[known], floor=floor)
+            if not docs:
+                return None
+            self._cursors.append(cursor_of(docs[-1]))
+        return self._cursors[page]
+
     @param.depends("page", "page_size", watch=True)
     def load_images(self) -> None:
+        """The current page: keyset pagination over time ranges (``dashboard.queries.newest``).
+
+        Page 0 is always the newest; an older page starts after the previous page's last
+        image, so it stays put while new results arrive. The match count is exact from the
+        counters without filters, else counted up to ``COUNT_CAP``.
+        """
         try:
             q = self.query()
-            total = count_images(self.db, q)
-            pages = max(1, -(-total // self.page_size))
-            if self.page >= pages:
-                self.page = pages - 1
+            key = repr(self.filters())
+            if key != self._cursor_key or self.page == 0:
+                self._cursors, self._cursor_key = [None], key
+            counts = self._counted()
+            floor = counts.get("first_at")
+            after = self._cursor(q, self.page, floor)
+            if self.page and after is None:  # past the last page
+                self.page = max(0, len(self._cursors) - 2)
                 return
-            docs = image_page(self.db, q, self.page, self.page_size)
+            docs = self._shared(
+                ("page", key, after, self.page_size),
+                lambda: image_page(self.db, q, self.page_size + 1, after=after, floor=floor),
+            )
+            exact = self._exact_total(counts)
+            count = (lambda: count_images(self.db, q)) if exact is None else (lambda: exact)
+            total = self._shared(("count", key), count)
         except PyMongoError as exc:
             self._failed(exc)
             return
-        self.param.update(images=docs, total=total, error="")
+        more = len(docs) > self.page_size
+        docs = docs[: self.page_size]
+        if docs and len(self._cursors) == self.page + 1:
+            self._cursors.append(cursor_of(docs[-1]))
+        shown = self.page * self.page_size + len(docs)
+        self.param.update(
+            images=docs,
+            total=max(total, shown),
+            total_capped=exact is None and total >= COUNT_CAP,
+            has_older=more,
+            error="",
+        )
 
     def load_failures(self, limit: int = 500) -> None:
         try:
-            self.failures = recent_failures(self.db, limit)
+            floor = self._counted().get("first_at")
+            self.failures = self._shared(("failures", limit), lambda: recent_failures(self.db, limit, floor))
         except PyMongoError as exc:
             self._failed(exc)
 
     def load_options(self) -> None:
-        """Choices of the label, model and source filters, from what is stored."""
+        """Choices of the label, model and source filters, from what was ever stored."""
         try:
-            choices = filter_choices(self.db)
-            versions = model_versions(self.db)
+            choices = self._shared("choices", lambda: filter_choices(self.db))
+            versions = model_versions_of(self._counted())
         except PyMongoError as exc:
             self._failed(exc)
             return
@@ -239,8 +314,11 @@ class DataStore(param.Parameterized):
 
     # -- export and comparison --------------------------------------------------------------------
 
-    def corrections(self) -> list[dict[str, Any]]:
-        return feedback.corrections(self.db)
+    def corrections(self, newest: int | None = None) -> list[dict[str, Any]]:
+        """All corrections (exports), or the ``newest`` (the view, shared by the sessions)."""
+        if newest is None:
+            return feedback.corrections(self.db)
+        return self._shared(("corrections", newest), lambda: feedback.corrections(self.db, newest))
 
     def export_csv(self) -> str:
         return feedback.as_csv(self.corrections())
@@ -248,8 +326,8 @@ class DataStore(param.Parameterized):
     def export_json(self) -> str:
         return feedback.as_json(self.corrections())
 
-    def compare(self, model_a: str, model_b: str, limit: int = 20) -> dict[str, Any]:
-        return compare_models(self.db, model_a, model_b, limit=limit)
+    def compare(self, model_a: str, model_b: str, limit: int = 20, progress=None) -> dict[str, Any]:
+        return compare_models(self.db, model_a, model_b, limit=limit, progress=progress)
 
     def label_counts(self) -> Counter:
         """Effective labels of the images matching the filters (for tests and summaries)."""

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import param
 
 from dashboard.queries import get_db
-from dashboard.stats import data_stamp, throughput, totals
+from dashboard.stats import counted, data_stamp, throughput, totals
 from dashboard.workers import configured_headers, configured_urls, fetch_counts, worker_health
+from imgflow.tally import sweep
 
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0
+#: A writer's batch left unsettled this long is taken for a crash (a live one settles in ms).
+SWEEP_GRACE_S = 30.0
 TASK_NAME = "imgflow-dashboard-refresh"
 
 
@@ -52,6 +57,10 @@ class LiveFeed(param.Parameterized):
         self._worker_headers = worker_headers
         self._stamp: tuple | None = None
         self._busy = False
+        self.counted: dict[str, Any] | None = None  # the last counters read (totals, first_at)
+        self._shared: dict[Any, Any] = {}
+        self._shared_version = -1
+        self._shared_lock = threading.Lock()
 
     @property
     def db(self):
@@ -82,10 +91,14 @@ class LiveFeed(param.Parameterized):
         snap["counts_error"] = "; ".join(f"{u}: {e}" for u, e in counts["errors"].items())
         snap["workers"] = worker_health(self.worker_urls, headers=self.worker_headers)
         try:
+            # A writer that died between its writes and its counters: settle it from its documents.
+            sweep(self.db, grace=SWEEP_GRACE_S)
+            counts = counted(self.db)
             stats = throughput(self.db)
-            stats["totals"] = totals(self.db)
+            stats["totals"] = totals(self.db, counts)
             snap["stats"] = stats
-            snap["stamp"] = data_stamp(self.db)
+            snap["counts_at"] = counts
+            snap["stamp"] = data_stamp(self.db, counts)
             snap["db_error"] = ""
         except Exception as exc:  # pymongo errors: show them, keep the last numbers
             snap["db_error"] = f"MongoDB: {type(exc).__name__}: {exc}"
@@ -103,6 +116,7 @@ class LiveFeed(param.Parameterized):
             update["counts_url"] = snap["counts_url"]
         if "stats" in snap:
             update["stats"] = snap["stats"]
+            self.counted = snap["counts_at"]
         if "stamp" in snap and snap["stamp"] != self._stamp:
             self._stamp = snap["stamp"]
             update["version"] = self.version + 1
@@ -126,8 +140,26 @@ class LiveFeed(param.Parameterized):
         finally:
             self._busy = False
 
+    def shared(self, key: Any, load: Callable[[], Any]) -> Any:
+        """``load()``'s answer, computed once per data version for every session asking the same.
+
+        Ten sessions on the same filters and page after a refresh cost one query; the
+        answers are dropped when stored data changes (``version``).
+        """
+        with self._shared_lock:
+            if self._shared_version != self.version:
+                self._shared, self._shared_version = {}, self.version
+            if key in self._shared:
+                return self._shared[key]
+        value = load()
+        with self._shared_lock:
+            if self._shared_version == self.version:
+                self._shared[key] = value
+        return value
+
     def touch(self) -> None:
         """A user changed data (hide, correct): tell every session now, not at the next tick."""
+        self.counted = None  # re-read once, shared, by the next session that asks
         self.param.update(version=self.version + 1, refreshed_at=time.time())
 
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from dashboard.queries import as_utc
+from imgflow.tally import CORRECTED, HIDDEN, Tally
 
 #: Who an edit is recorded as when the dashboard runs without authentication.
 ANONYMOUS = "anonymous"
@@ -37,13 +41,52 @@ CORRECTION_FIELDS = [
 ]
 
 
+_tallies: dict[tuple[int, str], tuple[Tally, threading.Lock]] = {}
+_tallies_lock = threading.Lock()
+
+
+@contextmanager
+def _counted_edit(db) -> Iterator[tuple[str, dict[str, int]]]:
+    """One edit as one tally token (``imgflow.tally``): yields the token and the deltas to fill.
+
+    The deltas are settled when the block ends, so the totals the dashboard shows stay
+    exact; one writer per process and database, one edit at a time.
+    """
+    key = (id(db.client), db.name)
+    with _tallies_lock:
+        if key not in _tallies:
+            _tallies[key] = (Tally(db, "dashboard"), threading.Lock())
+        tally, lock = _tallies[key]
+    with lock:
+        deltas: dict[str, int] = {}
+        token = tally.begin()
+        yield token, deltas
+        tally.settle(deltas)
+
+
+def _exists(db, image_id: str) -> bool:
+    return db.images.find_one({"_id": image_id}, {"_id": 1}) is not None
+
+
 def set_hidden(db, image_id: str, hidden: bool, by: str) -> bool:
     """Hide an image from the gallery (or show it again); False if there is no such image."""
-    result = db.images.update_one(
-        {"_id": image_id},
-        {"$set": {"hidden": bool(hidden), "hidden_at": datetime.now(UTC), "hidden_by": by}},
-    )
-    return bool(result.matched_count)
+    hidden = bool(hidden)
+    delta = 1 if hidden else -1
+    with _counted_edit(db) as (token, deltas):
+        result = db.images.update_one(
+            {"_id": image_id, "hidden": {"$ne": True} if hidden else True},
+            {
+                "$set": {
+                    "hidden": hidden,
+                    "hidden_at": datetime.now(UTC),
+                    "hidden_by": by,
+                    "edit": {"t": token, "d": {HIDDEN: delta}},
+                }
+            },
+        )
+        if result.modified_count:
+            deltas[HIDDEN] = delta
+    return bool(result.matched_count) or _exists(db, image_id)
 
 
 def correct_label(db, image_id: str, label: str, by: str) -> bool:
@@ -59,17 +102,41 @@ def correct_label(db, image_id: str, label: str, by: str) -> bool:
         "model_version": doc.get("model_version"),
         "user": by,
     }
-    db.images.update_one({"_id": image_id}, {"$set": {"feedback": feedback}})
+    with _counted_edit(db) as (token, deltas):
+        first = db.images.update_one(
+            {"_id": image_id, "feedback.label": {"$exists": False}},
+            {"$set": {"feedback": feedback, "elabel": label, "edit": {"t": token, "d": {CORRECTED: 1}}}},
+        )
+        if first.modified_count:
+            deltas[CORRECTED] = 1
+        else:  # a correction of a correction: still one corrected image
+            db.images.update_one({"_id": image_id}, {"$set": {"feedback": feedback, "elabel": label}})
+    db.choices.update_one(
+        {"_id": f"label:{label}"}, {"$setOnInsert": {"kind": "label", "value": label}}, upsert=True
+    )
     return True
 
 
 def clear_correction(db, image_id: str, by: str) -> bool:
     """Drop a person's label (the model's shows again), remembering who dropped it."""
-    result = db.images.update_one(
-        {"_id": image_id},
-        {"$unset": {"feedback": ""}, "$set": {"feedback_cleared": {"user": by, "at": datetime.now(UTC)}}},
-    )
-    return bool(result.matched_count)
+    with _counted_edit(db) as (token, deltas):
+        cleared = {"user": by, "at": datetime.now(UTC)}
+        result = db.images.update_one(
+            {"_id": image_id, "feedback.label": {"$exists": True}},
+            [
+                {
+                    "$set": {
+                        "elabel": "$label",
+                        "feedback_cleared": {"$literal": cleared},
+                        "edit": {"$literal": {"t": token, "d": {CORRECTED: -1}}},
+                    }
+                },
+                {"$unset": "feedback"},
+            ],
+        )
+        if result.modified_count:
+            deltas[CORRECTED] = -1
+    return bool(result.matched_count) or _exists(db, image_id)
 
 
 async def retry(image_ids: list[str] | None, settings: Any, by: str) -> int:
@@ -83,10 +150,25 @@ async def retry(image_ids: list[str] | None, settings: Any, by: str) -> int:
     return await retry_failed(image_ids, settings=settings, user=by)
 
 
-def corrections(db) -> list[dict[str, Any]]:
-    """Every corrected label with the model's label and version beside it (for retraining)."""
+#: Every time stored in ``feedback.at`` is after this: a range on its index finds corrections.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def corrections(db, newest: int | None = None) -> list[dict[str, Any]]:
+    """Corrected labels with the model's label and version beside each (for retraining).
+
+    All of them by image id (the export), or the ``newest`` corrections first (the view).
+    A range on the ``feedback.at`` index: the cost follows the corrections, not the images.
+    """
+    from dashboard.queries import newest as newest_by
+
+    query = {"feedback.at": {"$gt": EPOCH}}
+    if newest is None:
+        docs = db.images.find(query).sort([("_id", 1)])
+    else:
+        docs = newest_by(db.images, {"feedback.label": {"$exists": True}}, newest, field="feedback.at")
     rows = []
-    for doc in db.images.find({"feedback.label": {"$exists": True}}).sort([("_id", 1)]):
+    for doc in docs:
         fb = doc.get("feedback") or {}
         at = as_utc(fb.get("at"))
         rows.append(

@@ -115,15 +115,16 @@ class GalleryView(Viewer):
             return meta("No images match the filters.")
         first = s.page * s.page_size + 1
         last = first + len(s.images) - 1
-        return meta(f'<b class="match-count">{s.total} images</b> match · showing {first}–{last}')
+        count = f"{s.total:,}+" if s.total_capped else f"{s.total:,}"
+        return meta(f'<b class="match-count">{count} images</b> match · showing {first}–{last}')
 
-    @param.depends("store.images", "store.total", "store.selected", watch=True)
+    @param.depends("store.images", "store.total", "store.has_older", "store.selected", watch=True)
     def render(self) -> None:
         self.cards = {d["_id"]: self.card(d) for d in self.store.images}
         self.grid.objects = list(self.cards.values())
         self.summary.object = self.summary_html()
         self.newer.disabled = self.store.page == 0
-        self.older.disabled = (self.store.page + 1) * self.store.page_size >= self.store.total
+        self.older.disabled = not self.store.has_older
 
     def __panel__(self):
         return pn.Column(

@@ -11,7 +11,7 @@ reach MongoDB still starts and shows the error.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,16 +92,15 @@ def image_filter(
     source: str | None = None,
     include_hidden: bool = False,
 ) -> dict[str, Any]:
-    """The MongoDB filter for the gallery (pure: easy to test, served by the indexes).
+    """The MongoDB filter for the gallery (pure: easy to test, each part served by an index).
 
-    ``label`` matches the effective label: a corrected label wins over the model's.
-    ``model`` ("name:version") matches the image's latest prediction.
+    ``label`` matches the effective label (``elabel``: a corrected label wins over the
+    model's, kept by the sink and the edits). ``model`` ("name:version") matches the
+    image's latest prediction.
     """
     clauses: list[dict[str, Any]] = []
     if label and label != ALL:
-        clauses.append(
-            {"$or": [{"feedback.label": label}, {"label": label, "feedback.label": {"$exists": False}}]}
-        )
+        clauses.append({"elabel": label})
     if score is not None:
         low, high = score
         if low > 0 or high < 1:
@@ -125,30 +124,102 @@ def image_filter(
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def count_images(db, query: dict[str, Any]) -> int:
-    return db.images.count_documents(query)
+#: A filtered match count stops here ("1,000+ images"): counting is a walk over the matches.
+COUNT_CAP = 1000
 
 
-def image_page(db, query: dict[str, Any], page: int, page_size: int) -> list[dict[str, Any]]:
+def count_images(db, query: dict[str, Any], limit: int = COUNT_CAP) -> int:
+    """Images matching ``query``, counted up to ``limit`` (the caller knows the exact totals)."""
+    return db.images.count_documents(query, limit=limit)
+
+
+#: A cursor: the (time, _id) of the last document of the previous page.
+Cursor = tuple[datetime, str]
+
+#: The first time range a page reads, in seconds; each next one is ``WIDEN`` times wider.
+FIRST_SPAN = 4.0
+WIDEN = 4.0
+#: Ranges read before the rest is read at once (~4 s x 4^14: eight years back).
+MAX_STEPS = 14
+
+
+def _and(*clauses: dict[str, Any]) -> dict[str, Any]:
+    parts = [c for c in clauses if c]
+    return parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+def newest(
+    collection,
+    query: dict[str, Any],
+    limit: int,
+    *,
+    field: str,
+    after: Cursor | None = None,
+    floor: datetime | None = None,
+    now: datetime | None = None,
+    projection: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` documents matching ``query``, newest by ``field`` first, then by ``_id``.
+
+    Keyset pagination: ``after`` is the previous page's last (time, _id). The server walks
+    a whole index for a sort with a limit (DESIGN section 9), so this reads time ranges
+    on the indexed ``field`` instead: the newest ``FIRST_SPAN`` seconds, then ranges
+    ``WIDEN`` times wider, until the page is full or the range passes ``floor`` (the
+    oldest time anything was stored). The cost follows the page, not the history.
+    """
+    found: list[dict[str, Any]] = []
+    order = [(field, -1), ("_id", 1)]
+    if after is not None:  # the rest of the previous page's time (a batch shares one time)
+        ties = _and(query, {field: after[0], "_id": {"$gt": after[1]}})
+        found.extend(collection.find(ties, projection).sort([("_id", 1)]).limit(limit))
+        top = after[0]
+    else:
+        top = (now or datetime.now(UTC)) + timedelta(seconds=FIRST_SPAN)
+    span = FIRST_SPAN
+    # Open above on the first page: a result stored by a worker whose clock runs ahead counts.
+    upper: dict[str, Any] = {"$lt": top} if after is not None else {}
+    for step in range(MAX_STEPS + 1):
+        if len(found) >= limit:
+            break
+        low = top - timedelta(seconds=span)
+        last = (floor is not None and low <= floor) or step == MAX_STEPS
+        bounds = dict(upper) if last else {**upper, "$gte": low}
+        cursor = collection.find(_and(query, {field: bounds} if bounds else {}), projection)
+        found.extend(cursor.sort(order).limit(limit - len(found)))
+        if last:
+            break
+        upper, top, span = {"$lt": low}, low, span * WIDEN
+    return found[:limit]
+
+
+def cursor_of(doc: dict[str, Any], field: str = "updated_at") -> Cursor:
+    return (doc[field], doc["_id"])
+
+
+def image_page(
+    db,
+    query: dict[str, Any],
+    page_size: int,
+    after: Cursor | None = None,
+    floor: datetime | None = None,
+) -> list[dict[str, Any]]:
     """One gallery page, newest first (``_id`` breaks ties so pages never overlap)."""
-    return list(
-        db.images.find(query, IMAGE_FIELDS)
-        .sort([("updated_at", -1), ("_id", 1)])
-        .skip(page * page_size)
-        .limit(page_size)
+    return newest(
+        db.images, query, page_size, field="updated_at", after=after, floor=floor, projection=IMAGE_FIELDS
     )
 
 
 def filter_choices(db) -> dict[str, set[str]]:
-    """What the label, model and source filters can choose from: what is stored."""
-    labels = set(db.images.distinct("label")) | set(db.images.distinct("feedback.label"))
-    sources = set(db.images.distinct("source"))
-    models = {
-        model_key(r["_id"]["m"], r["_id"]["v"])
-        for r in db.images.aggregate([{"$group": {"_id": {"m": "$model", "v": "$model_version"}}}])
-        if r["_id"].get("m")
-    }
-    return {"label": labels, "model": models, "source": sources}
+    """What the label, model and source filters can choose from: what was ever stored.
+
+    ``choices`` holds one small document per value (written by the sink and by label
+    corrections), so this read does not grow with the images.
+    """
+    found: dict[str, set[str]] = {"label": set(), "model": set(), "source": set()}
+    for doc in db.choices.find({}):
+        if doc.get("kind") in found and doc.get("value"):
+            found[doc["kind"]].add(str(doc["value"]))
+    return found
 
 
 def image_detail(db, image_id: str) -> dict[str, Any] | None:
@@ -162,8 +233,9 @@ def image_detail(db, image_id: str) -> dict[str, Any] | None:
     return doc
 
 
-def recent_failures(db, limit: int = 500) -> list[dict[str, Any]]:
-    return list(db.failures.find({}).sort([("failed_at", -1), ("_id", 1)]).limit(limit))
+def recent_failures(db, limit: int = 500, floor: datetime | None = None) -> list[dict[str, Any]]:
+    """The newest dead letters (not the ones being removed because the image has succeeded since)."""
+    return newest(db.failures, {"gone": {"$exists": False}}, limit, field="failed_at", floor=floor)
 
 
 def with_file_names(db, changed: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -179,8 +251,8 @@ def with_file_names(db, changed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return changed
 
 
-def compare_models(db, model_a: str, model_b: str, limit: int = 20) -> dict[str, Any]:
+def compare_models(db, model_a: str, model_b: str, limit: int = 20, progress=None) -> dict[str, Any]:
     """``imgflow.queries.compare_models`` with file names on the changed images."""
-    result = dict(compare_predictions(db, model_a, model_b, limit=limit))
+    result = dict(compare_predictions(db, model_a, model_b, limit=limit, progress=progress))
     result["changed"] = with_file_names(db, [dict(r) for r in result.get("changed") or []])
     return result

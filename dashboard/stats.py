@@ -1,18 +1,20 @@
 """The live numbers read from MongoDB: throughput, end-to-end latency, totals, a change stamp.
 
-They come from ``predictions`` (one document per stored prediction, replays
-included, ``stored_at`` set by the sink) and ``failures`` (``failed_at``), so
-they cover every worker of the cluster. The shared feed (``dashboard.feed``)
-reads them once per refresh for all sessions.
+Each read is sized by what it shows, never by history: rates and latency
+percentiles come from the sinks' per-interval documents (``imgflow.rates``, 30
+for 5 minutes), totals and the change stamp from the writers' counters
+(``imgflow.tally``, one small document per writer). They cover every worker of
+the cluster. The shared feed (``dashboard.feed``) reads them once per refresh
+for all sessions.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from dashboard.queries import as_utc
+from imgflow import rates, tally
 
 #: How far back the rates and percentiles look.
 STATS_MINUTES = 5
@@ -27,51 +29,36 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def throughput(
-    db, minutes: float = STATS_MINUTES, now: datetime | None = None, bucket: float = 10.0
-) -> dict[str, Any]:
-    """Images stored per second, failures per second and end-to-end latency over the last minutes.
+def throughput(db, minutes: float = STATS_MINUTES, now: datetime | None = None) -> dict[str, Any]:
+    """Images stored and failed per second, and publish -> stored latency, over the last minutes.
 
-    Latency is publish -> stored: a prediction's ``stored_at`` (written with the MongoDB
-    upsert) minus its ``submitted_at`` (set when the path was published), the definition
-    ``make bench`` reports too.
+    Latency is a result's storage time minus its request's ``submitted_at`` (when the
+    path was published), the definition ``make bench`` reports too; percentiles come
+    from a histogram with bins ~12% wide (``imgflow.rates``).
     """
     now = now or datetime.now(UTC)
-    span = minutes * 60.0
-    since = now - timedelta(seconds=span)
-    stored_times: list[float] = []
-    latencies: list[float] = []
-    for doc in db.predictions.find({"stored_at": {"$gte": since}}, {"stored_at": 1, "submitted_at": 1}):
-        stored = as_utc(doc.get("stored_at"))
-        if stored is None:
-            continue
-        stored_times.append(stored.timestamp())
-        submitted = as_utc(doc.get("submitted_at"))
-        if submitted is not None:
-            latencies.append(max(0.0, (stored - submitted).total_seconds()))
-    failed_times = [
-        as_utc(d["failed_at"]).timestamp()
-        for d in db.failures.find({"failed_at": {"$gte": since}}, {"failed_at": 1})
-        if d.get("failed_at")
-    ]
-    end = now.timestamp()
-    n_buckets = max(1, int(span // bucket))
+    bucket = rates.BUCKET_SECONDS
+    end = rates.bucket_of(now.timestamp()) + bucket  # the current interval counts, partly filled
+    n_buckets = max(1, int(minutes * 60 // bucket))
     start = end - n_buckets * bucket
+    docs = [d for d in rates.window(db, start) if start <= d["_id"] < end]
     stored_series = [0] * n_buckets
     failed_series = [0] * n_buckets
-    for series, times in ((stored_series, stored_times), (failed_series, failed_times)):
-        for t in times:
-            i = int((t - start) // bucket)
-            if 0 <= i < n_buckets:
-                series[i] += 1
+    for d in docs:
+        i = (int(d["_id"]) - start) // bucket
+        stored_series[i] += int(d.get("stored", 0))
+        failed_series[i] += int(d.get("failed", 0))
+    span = minutes * 60.0
+    hist = rates.histogram(docs)
+    stored, failed = sum(stored_series), sum(failed_series)
     return {
         "minutes": minutes,
-        "stored": len(stored_times),
-        "failed": len(failed_times),
-        "stored_per_s": len(stored_times) / span,
-        "failed_per_s": len(failed_times) / span,
-        "p50": percentile(latencies, 50),
-        "p95": percentile(latencies, 95),
+        "stored": stored,
+        "failed": failed,
+        "stored_per_s": stored / span,
+        "failed_per_s": failed / span,
+        "p50": rates.percentile(hist, 50),
+        "p95": rates.percentile(hist, 95),
         "bucket": bucket,
         "series": {
             "t": [start + (i + 0.5) * bucket for i in range(n_buckets)],
@@ -81,22 +68,18 @@ def throughput(
     }
 
 
-def totals(db) -> dict[str, int]:
-    return {
-        "images": db.images.count_documents({}),
-        "failures": db.failures.count_documents({}),
-        "hidden": db.images.count_documents({"hidden": True}),
-        "corrected": db.images.count_documents({"feedback.label": {"$exists": True}}),
-    }
+def counted(db) -> dict[str, Any]:
+    """Every total, exact, with the change stamp: one read of the writers' counters."""
+    return tally.totals(db)
 
 
-def data_stamp(db) -> tuple:
-    """Changes whenever an image or failure is stored (or re-stored): the sessions' cue to re-query."""
-    newest = db.images.find_one({}, {"updated_at": 1}, sort=[("updated_at", -1)])
-    newest_failure = db.failures.find_one({}, {"failed_at": 1}, sort=[("failed_at", -1)])
-    return (
-        db.images.count_documents({}),
-        newest and str(newest.get("updated_at")),
-        db.failures.count_documents({}),
-        newest_failure and str(newest_failure.get("failed_at")),
-    )
+def totals(db, counts: dict[str, Any] | None = None) -> dict[str, int]:
+    """Images stored, failures, hidden and corrected images: exact, from the counters."""
+    counts = counts or counted(db)
+    return {k: int(counts[k]) for k in (tally.IMAGES, tally.FAILURES, tally.HIDDEN, tally.CORRECTED)}
+
+
+def data_stamp(db, counts: dict[str, Any] | None = None) -> tuple:
+    """Changes whenever anything is stored (or re-stored) or edited: the sessions' cue to re-query."""
+    counts = counts or counted(db)
+    return tuple(counts["stamp"])
