@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 
@@ -15,48 +17,68 @@ def split_model(key: str) -> tuple[str, str]:
 
 
 def model_versions(db: Any) -> list[str]:
-    """Every ``name:version`` that has predictions, most predictions first."""
-    rows = db.predictions.aggregate(
-        [{"$group": {"_id": {"model": "$model", "version": "$model_version"}, "n": {"$sum": 1}}}]
-    )
-    counted = sorted(((r["n"], f"{r['_id']['model']}:{r['_id']['version']}") for r in rows), reverse=True)
-    return [key for _, key in counted]
+    """Every ``name:version`` that has predictions, most predictions first (from the counters)."""
+    from imgflow.tally import model_versions_of, totals
+
+    return model_versions_of(totals(db))
 
 
 def _score_of(top_k: list[dict[str, Any]], label: str) -> float:
     return next((float(t["score"]) for t in top_k if t["label"] == label), 0.0)
 
 
-def compare_models(db: Any, model_a: str, model_b: str, limit: int = 20) -> dict[str, Any]:
+#: Where the image-id ranges of a comparison start: every two-hex-digit prefix (ids are
+#: uuid hex by default); the first range holds anything below "00", the last anything above.
+ID_RANGES = ["", *(f"{i:02x}" for i in range(256))]
+
+
+def id_ranges() -> list[tuple[str, str | None]]:
+    """Consecutive ``[low, high)`` ranges that cover every string (the last is open above)."""
+    return [(low, ID_RANGES[i + 1] if i + 1 < len(ID_RANGES) else None) for i, low in enumerate(ID_RANGES)]
+
+
+def compare_models(
+    db: Any,
+    model_a: str,
+    model_b: str,
+    limit: int = 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Agreement, a confusion table of top-1 labels and the images that changed most.
 
     Only images predicted by both versions count. "Changed most" ranks the
     images whose top-1 label differs by how much probability version B took
     away from version A's label.
+
+    Bounded memory at any size: the image ids are read in 257 consecutive ranges on the
+    (image_id, model, version) index, both versions of a range at once, so what is held
+    is one range's predictions (a 257th of them for uuid ids), the confusion table and
+    the ``limit`` largest changes. ``progress(done, total)`` is called after each range.
     """
     a, b = split_model(model_a), split_model(model_b)
-    wanted = [{"model": a[0], "model_version": a[1]}, {"model": b[0], "model_version": b[1]}]
     fields = {"image_id": 1, "model": 1, "model_version": 1, "label": 1, "score": 1, "top_k": 1, "path": 1}
-    by_image: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for doc in db.predictions.find({"$or": wanted}, fields):
-        side = "a" if (doc["model"], doc["model_version"]) == a else "b"
-        by_image[doc["image_id"]][side] = doc
     confusion: dict[str, Counter] = defaultdict(Counter)
-    agree = 0
-    changed = []
-    common = 0
-    for image_id, sides in by_image.items():
-        if "a" not in sides or "b" not in sides:
-            continue
-        common += 1
-        pa, pb = sides["a"], sides["b"]
-        confusion[pa["label"]][pb["label"]] += 1
-        if pa["label"] == pb["label"]:
-            agree += 1
-            continue
-        delta = float(pa["score"]) - _score_of(pb.get("top_k", []), pa["label"])
-        changed.append(
-            {
+    agree = common = 0
+    changed: list[tuple[float, _Desc, dict[str, Any]]] = []  # a heap of the largest changes
+    ranges = id_ranges()
+    for done, (low, high) in enumerate(ranges, 1):
+        span: dict[str, Any] = {"$gte": low} if high is None else {"$gte": low, "$lt": high}
+        by_image: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for model, version, side in ((*a, "a"), (*b, "b")):
+            query = {"image_id": span, "model": model, "model_version": version}
+            for doc in db.predictions.find(query, fields).hint("image_model_version"):
+                by_image[doc["image_id"]][side] = doc
+        for image_id, sides in by_image.items():
+            if "a" not in sides or "b" not in sides:
+                continue
+            common += 1
+            pa, pb = sides["a"], sides["b"]
+            confusion[pa["label"]][pb["label"]] += 1
+            if pa["label"] == pb["label"]:
+                agree += 1
+                continue
+            delta = float(pa["score"]) - _score_of(pb.get("top_k", []), pa["label"])
+            row = {
                 "image_id": image_id,
                 "path": pa.get("path"),
                 "label_a": pa["label"],
@@ -65,8 +87,15 @@ def compare_models(db: Any, model_a: str, model_b: str, limit: int = 20) -> dict
                 "score_b": float(pb["score"]),
                 "delta": delta,
             }
-        )
-    changed.sort(key=lambda c: (-c["delta"], c["image_id"]))
+            # Keep the `limit` largest deltas (ties: smallest image id); the heap's top is the worst.
+            item = (delta, _Desc(image_id), row)
+            if len(changed) < limit:
+                heapq.heappush(changed, item)
+            elif changed and item[:2] > changed[0][:2]:
+                heapq.heapreplace(changed, item)
+        if progress is not None:
+            progress(done, len(ranges))
+    top = sorted((row for _, _, row in changed), key=lambda c: (-c["delta"], c["image_id"]))
     return {
         "model_a": model_a,
         "model_b": model_b,
@@ -74,5 +103,17 @@ def compare_models(db: Any, model_a: str, model_b: str, limit: int = 20) -> dict
         "agree": agree,
         "agreement": agree / common if common else None,
         "confusion": {la: dict(row) for la, row in sorted(confusion.items())},
-        "changed": changed[:limit],
+        "changed": top,
     }
+
+
+class _Desc:
+    """A string that sorts backwards: among equal deltas the heap drops the largest id first."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return self.value > other.value

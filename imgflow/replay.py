@@ -309,8 +309,19 @@ def mongo_db(settings: Settings):
     return client, client[settings.mongo_db]
 
 
+#: Dead letters read, published and marked per step of a retry (what a retry holds in memory).
+RETRY_CHUNK = 1000
+
+
+def _failures_page(db: Any, query: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(db.failures.find(query).sort([("_id", 1)]).limit(RETRY_CHUNK))
+
+
 async def retry_failed(
-    image_ids: list[str] | None = None, settings: Settings | None = None, user: str | None = None
+    image_ids: list[str] | None = None,
+    settings: Settings | None = None,
+    user: str | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
     """Re-send failed images (all, or the given ids) from MongoDB ``failures``.
 
@@ -319,41 +330,57 @@ async def retry_failed(
     that fails again updates its failure document. ``user`` (the dashboard's
     signed-in user) is recorded on the failure documents (``retried_by``) and
     travels with the images (``attrs.retry_of.by``), so a retry has an author.
+
+    Bounded memory at any size: ``RETRY_CHUNK`` failures at a time, in ``_id`` order
+    (keyset), each chunk published and marked before the next is read;
+    ``progress(sent so far)`` after each.
     """
     import asyncio
 
     settings = settings or get_settings()
-    client, db = mongo_db(settings)
-    try:
-        query: dict[str, Any] = {"path": {"$ne": None}}
-        if image_ids is not None:
-            query["_id"] = {"$in": list(image_ids)}
-        docs = await asyncio.to_thread(lambda: list(db.failures.find(query)))
-    finally:
-        client.close()
     replay_id = f"retry-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    items = []
-    for doc in docs:
-        item = ImagePath(
-            image_id=doc["_id"],
-            path=doc["path"],
-            source=doc.get("source") or "retry",
-            submitted_at=time.time(),
-            model=doc.get("model"),
-            replay_id=replay_id,
-            attrs={"retry_of": {"kind": doc.get("kind"), "stage": doc.get("stage"), "by": user}},
-        )
-        items.append(item)
-    if not items:
-        return 0
-    ids = await publish_paths(items, settings=settings)
-    retried = {"retried_by": user, "retried_at": datetime.now(UTC), "retry_id": replay_id}
+    wanted = sorted(set(image_ids)) if image_ids is not None else None
     client, db = mongo_db(settings)
+    sent = 0
+    after = ""
     try:
-        await asyncio.to_thread(db.failures.update_many, {"_id": {"$in": ids}}, {"$set": retried})
+        while True:
+            query: dict[str, Any] = {"path": {"$ne": None}, "gone": {"$exists": False}}
+            if wanted is not None:
+                chunk_ids = [i for i in wanted if i > after][:RETRY_CHUNK]
+                if not chunk_ids:
+                    break
+                query["_id"] = {"$in": chunk_ids}
+                after = chunk_ids[-1]
+            else:
+                query["_id"] = {"$gt": after}
+            docs = await asyncio.to_thread(_failures_page, db, query)
+            if wanted is None:
+                if not docs:
+                    break
+                after = docs[-1]["_id"]
+            items = [
+                ImagePath(
+                    image_id=doc["_id"],
+                    path=doc["path"],
+                    source=doc.get("source") or "retry",
+                    submitted_at=time.time(),
+                    model=doc.get("model"),
+                    replay_id=replay_id,
+                    attrs={"retry_of": {"kind": doc.get("kind"), "stage": doc.get("stage"), "by": user}},
+                )
+                for doc in docs
+            ]
+            if items:
+                ids = await publish_paths(items, settings=settings)
+                retried = {"retried_by": user, "retried_at": datetime.now(UTC), "retry_id": replay_id}
+                await asyncio.to_thread(db.failures.update_many, {"_id": {"$in": ids}}, {"$set": retried})
+                sent += len(ids)
+                if progress is not None:
+                    progress(sent)
     finally:
         client.close()
-    return len(ids)
+    return sent
 
 
 def image_ids_with_label(settings: Settings, labels: Iterable[str]) -> frozenset[str]:

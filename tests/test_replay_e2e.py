@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from imgflow import tally
 from imgflow.imaging import decode_image
 from simulator.dataset import write_dataset
 from tests.support import Pipeline, path_message, produce_raw, wait_until
@@ -123,6 +124,10 @@ def test_replay_with_a_new_model_lands_beside_the_old_results(pipeline: Pipeline
     )
     assert db.predictions.count_documents({}) == 20 + len(second)
     assert db.images.count_documents({}) == 20
+    # The counters agree: a replay adds predictions per version, never images.
+    counted = tally.totals(db)
+    assert counted["images"] == 20
+    assert counted["predictions"] == {V1: 20, V2: len(second)}
 
 
 def test_failed_only_retry_clears_a_fixed_failure(pipeline: Pipeline, tmp_path: Path):
@@ -135,6 +140,7 @@ def test_failed_only_retry_clears_a_fixed_failure(pipeline: Pipeline, tmp_path: 
     late_id = next(i for i, p in ids.items() if p == late)
     wait_until(lambda: db.failures.find_one({"_id": late_id}), 120, "missing file recorded as failure")
     assert db.failures.find_one({"_id": late_id})["kind"] == "missing_file"
+    assert tally.totals(db)["failures"] == 1
 
     assert "would retry 1 failed images" in pipeline.run("replay", "--failed-only", "--dry-run").stdout
     shutil.copyfile(dataset[1], late)  # the cause is fixed
@@ -143,6 +149,7 @@ def test_failed_only_retry_clears_a_fixed_failure(pipeline: Pipeline, tmp_path: 
     wait_until(lambda: db.images.find_one({"_id": late_id}), 120, "retried image stored")
     wait_until(lambda: db.failures.count_documents({}) == 0, 60, "failure cleared")
     assert db.images.find_one({"_id": late_id})["file_name"] == late.name
+    assert tally.totals(db)["failures"] == 0 and tally.totals(db)["images"] == 2
 
 
 def test_replaying_a_topic_the_broker_does_not_know_replays_nothing(pipeline: Pipeline):

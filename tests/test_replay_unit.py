@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from imgflow import tally
 from imgflow.queries import compare_models, model_versions, split_model
 from imgflow.records import ImagePath
 from imgflow.replay import Candidate, ReplayReport, Selection, parse_offsets, parse_time, replayed
 from imgflow.sources.publish import path_message, replay_headers
+from imgflow.storage import ensure_indexes
 
 
 def test_parse_time_accepts_durations_and_iso():
@@ -81,6 +83,7 @@ def db(services):
 
     client = MongoClient(services.mongo_url)
     name = f"cmp_{uuid.uuid4().hex[:8]}"
+    ensure_indexes(client[name])  # as the sink creates them
     yield client[name]
     client.drop_database(name)
     client.close()
@@ -118,5 +121,11 @@ def test_compare_models_on_known_disagreements(db):
     assert [c["image_id"] for c in report["changed"]] == ["i3", "i2"]
     assert report["changed"][0]["delta"] == pytest.approx(0.95)
     assert report["changed"][1]["delta"] == pytest.approx(0.3)
+    # Read range by range (bounded memory), with progress; the top changes survive any limit.
+    calls: list[tuple[int, int]] = []
+    top = compare_models(db, "m:1", "m:2", limit=1, progress=lambda done, total: calls.append((done, total)))
+    assert [c["image_id"] for c in top["changed"]] == ["i3"] and top["images"] == 3
+    assert calls[-1] == (257, 257) and len(calls) == 257
+    tally.rebuild(db)  # written without the sink: count them the slow way, once
     assert model_versions(db) == ["m:1", "m:2"]
     assert compare_models(db, "m:1", "m:9")["images"] == 0

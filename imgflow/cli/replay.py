@@ -45,12 +45,13 @@ async def replay(
         if dry_run:
             client, db = rp.mongo_db(settings)
             try:
-                n = db.failures.count_documents({"path": {"$ne": None}})
+                n = db.failures.count_documents({"path": {"$ne": None}, "gone": {"$exists": False}})
             finally:
                 client.close()
             self.say(f"would retry {n} failed images")
             return
-        sent = await rp.retry_failed(settings=settings)
+        with tqdm(unit="img", desc="retry") as bar:
+            sent = await rp.retry_failed(settings=settings, progress=lambda n: bar.update(n - bar.n))
         self.say(f"retried {sent} failed images")
         return
     start, end = rp.since_until(since, until)
@@ -84,13 +85,21 @@ async def replay(
 async def compare(self, model_a: str, model_b: str, limit: int, as_json: bool) -> None:
     """Agreement, confusion of top-1 labels and most-changed images between two model versions."""
     from pymongo import MongoClient
+    from tqdm import tqdm
 
     from imgflow.mongo import connect
     from imgflow.queries import compare_models
 
     client: MongoClient = connect(settings.mongo_url)
     try:
-        report = compare_models(client[settings.mongo_db], model_a, model_b, limit)
+        # Range by range over the image ids (bounded memory); the bar counts ranges.
+        with tqdm(unit="range", desc="compare", disable=as_json) as bar:
+
+            def advance(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            report = compare_models(client[settings.mongo_db], model_a, model_b, limit, progress=advance)
     finally:
         client.close()
     if as_json:
