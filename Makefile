@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser demo test test-fast lint format bench bench-recovery soak clean
+.PHONY: help install model browser demo test test-fast lint format bench bench-dashboard bench-recovery soak clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ format: $(STAMP) ## Apply ruff formatting and safe fixes
 
 bench: $(STAMP) $(MODEL_SPEC) ## Speed on camera-sized JPEGs: limit, 1-2 workers, latency, seed baseline -> benchmarks/results/latest.json
 	$(BIN)/python -m benchmarks.throughput
+
+bench-dashboard: $(STAMP) ## Dashboard and query cost at 10k, 100k, 1M stored images -> benchmarks/results/dashboard.json (BENCH_DASHBOARD_ARGS="--sizes 10000,100000")
+	$(BIN)/python -m benchmarks.dashboard $(BENCH_DASHBOARD_ARGS)
 
 soak: $(STAMP) $(MODEL_SPEC) ## Kill/stop workers and MongoDB under load; check exactly-once and no stall (SOAK_ARGS="--runs 5")
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
