@@ -113,7 +113,15 @@ class Seeder:
         self.sink = Tally(db, "sink")
         self.dead_letters = Tally(db, "dead-letters")
         self.expected = {"images": 0, "failures": 0, "hidden": 0, "corrected": 0}
-        self.ids: list[str] = []
+
+    def resume(self, state: Path) -> None:
+        """Continue a database seeded by an earlier run (``--home``): its totals, a new random stream."""
+        if state.exists():
+            self.expected = json.loads(state.read_text())
+            self.rng = random.Random(f"{self.rng.random()}-{self.expected['images']}")
+
+    def save(self, state: Path) -> None:
+        state.write_text(json.dumps(self.expected))
 
     def grow(self, target: int, batch: int = 500) -> float:
         """Add images until there are ``target``; the newest are stored ~now at ``RATE``."""
@@ -155,7 +163,6 @@ class Seeder:
             if not (hidden_or_not or {}).get("feedback"):
                 feedback.correct_label(self.db, image_id, self.rng.choice(LABELS), by="bench")
                 self.expected["corrected"] += 1
-        self.ids += new_ids
         return len(new_ids) / (time.perf_counter() - start)
 
     def _failure(self, at: float) -> Any:
@@ -189,6 +196,8 @@ def timed(call: Callable[[], Any], repeat: int) -> dict[str, Any]:
 
 def measure(db: Any, repeat: int, compare: bool) -> dict[str, Any]:
     """Time the dashboard's own functions (whatever the imported code is) on ``db``."""
+    from param.parameterized import discard_events
+
     from dashboard import stats
     from dashboard.data_store import DataStore
 
@@ -203,7 +212,7 @@ def measure(db: Any, repeat: int, compare: bool) -> dict[str, Any]:
         def load() -> Any:
             store = DataStore(db=db, roots=[], feed=None)
             if filters:
-                with store.param.discard_events():
+                with discard_events(store):
                     store.param.update(**filters)
             store.load_images()
             if store.error:
@@ -326,6 +335,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before", type=Path, help="another checkout to time on the same data")
     parser.add_argument("--before-max", type=int, default=200_000)
+    parser.add_argument(
+        "--home", type=Path, help="keep the database here and grow it across runs (default: a new temp dir)"
+    )
+    parser.add_argument(
+        "--seed-only", action="store_true", help="grow the database to the sizes, measure nothing"
+    )
+    parser.add_argument(
+        "--fresh",
+        type=int,
+        default=0,
+        help="before measuring a kept database (--home), add this many images stored now (a live stream)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dashboard.json")
     parser.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mongo-url", help=argparse.SUPPRESS)
@@ -342,7 +363,9 @@ def main() -> None:
     from imgflow.embedded import start_mongo
 
     sizes = [int(s) for s in args.sizes.split(",")]
-    home = Path(tempfile.mkdtemp(prefix="imgflow-bench-dashboard-"))
+    home = args.home or Path(tempfile.mkdtemp(prefix="imgflow-bench-dashboard-"))
+    home.mkdir(parents=True, exist_ok=True)
+    state = home / "seeded.json"
     mongo = start_mongo(home / "db", home)
     results: dict[str, Any] = {
         "sizes": sizes,
@@ -358,9 +381,17 @@ def main() -> None:
         client = MongoClient(mongo.url, tz_aware=True, journal=True)
         db = client["bench"]
         seeder = Seeder(db)
+        seeder.resume(state)
         for size in sizes:
             print(f"seeding to {size:,} images ...", flush=True)
             rate = seeder.grow(size)
+            seeder.save(state)
+            if args.seed_only:
+                continue
+            if args.fresh:
+                print(f"adding {args.fresh:,} images stored now ...", flush=True)
+                seeder.grow(seeder.expected["images"] + args.fresh)
+                seeder.save(state)
             print(f"measuring at {size:,} images ...", flush=True)
             after = measure(db, args.repeat, compare=True)
             exact = after.get("totals_value") == seeder.expected

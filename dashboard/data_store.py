@@ -29,6 +29,7 @@ from dashboard.queries import (
     ALL,
     COUNT_CAP,
     Cursor,
+    Guide,
     compare_models,
     count_images,
     cursor_of,
@@ -41,6 +42,7 @@ from dashboard.queries import (
     recent_failures,
 )
 from dashboard.stats import counted
+from imgflow.rates import History
 from imgflow.tally import model_versions_of
 
 #: Time-range presets of the filter, in seconds back from now (None: no limit).
@@ -185,11 +187,13 @@ class DataStore(param.Parameterized):
         shown = counts["images"] - (0 if self.include_hidden else counts["hidden"])
         return max(0, int(shown))
 
-    def _cursor(self, q: dict[str, Any], page: int, floor) -> Cursor | None:
+    def _cursor(self, q: dict[str, Any], page: int, floor, guide: Guide | None = None) -> Cursor | None:
         """Where ``page`` starts: the previous page's last image (walking forward if needed)."""
         while len(self._cursors) <= page:
             known = len(self._cursors) - 1
-            docs = image_page(self.db, q, self.page_size, after=self._cursors[known], floor=floor)
+            docs = image_page(
+                self.db, q, self.page_size, after=self._cursors[known], floor=floor, guide=guide
+            )
             if not docs:
                 return None
             self._cursors.append(cursor_of(docs[-1]))
@@ -210,16 +214,21 @@ class DataStore(param.Parameterized):
                 self._cursors, self._cursor_key = [None], key
             counts = self._counted()
             floor = counts.get("first_at")
-            after = self._cursor(q, self.page, floor)
+            guide = History(self.db, "stored").back  # where results lie in time, for this load
+            after = self._cursor(q, self.page, floor, guide)
             if self.page and after is None:  # past the last page
                 self.page = max(0, len(self._cursors) - 2)
                 return
             docs = self._shared(
                 ("page", key, after, self.page_size),
-                lambda: image_page(self.db, q, self.page_size + 1, after=after, floor=floor),
+                lambda: image_page(self.db, q, self.page_size + 1, after=after, floor=floor, guide=guide),
             )
             exact = self._exact_total(counts)
-            count = (lambda: count_images(self.db, q)) if exact is None else (lambda: exact)
+            count = (
+                (lambda: count_images(self.db, q, floor=floor, guide=guide))
+                if exact is None
+                else (lambda: exact)
+            )
             total = self._shared(("count", key), count)
         except PyMongoError as exc:
             self._failed(exc)
@@ -240,7 +249,10 @@ class DataStore(param.Parameterized):
     def load_failures(self, limit: int = 500) -> None:
         try:
             floor = self._counted().get("first_at")
-            self.failures = self._shared(("failures", limit), lambda: recent_failures(self.db, limit, floor))
+            self.failures = self._shared(
+                ("failures", limit),
+                lambda: recent_failures(self.db, limit, floor, History(self.db, "failed").back),
+            )
         except PyMongoError as exc:
             self._failed(exc)
 

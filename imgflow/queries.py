@@ -66,7 +66,7 @@ def compare_models(
         by_image: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         for model, version, side in ((*a, "a"), (*b, "b")):
             query = {"image_id": span, "model": model, "model_version": version}
-            for doc in db.predictions.find(query, fields).hint("image_model_version"):
+            for doc in db.predictions.find(query, fields):
                 by_image[doc["image_id"]][side] = doc
         for image_id, sides in by_image.items():
             if "a" not in sides or "b" not in sides:

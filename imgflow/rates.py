@@ -53,17 +53,25 @@ def record(db: Any, at: datetime, stored: Iterable[float] = ()) -> None:
     bins = Counter(bin_of(now - t) for t in submitted if t)
     inc: dict[str, int] = {"stored": len(submitted)}
     inc.update({f"lat.{b}": n for b, n in bins.items()})
-    result = db[COLLECTION].update_one(
-        {"_id": bucket_of(now)}, {"$inc": {k: v for k, v in inc.items() if v}}, upsert=True
-    )
+    update = {"$inc": {k: v for k, v in inc.items() if v}, "$min": {"first": now}, "$max": {"last": now}}
+    result = db[COLLECTION].update_one({"_id": bucket_of(now)}, update, upsert=True)
     if result.upserted_id is not None:  # a new interval: drop the ones nobody reads any more
         prune(db, now - KEEP_SECONDS)
 
 
 def record_failures(db: Any, failed_at: Iterable[float]) -> None:
     """Add failures at their times (one update per interval they fall in)."""
-    for bucket, n in sorted(Counter(bucket_of(t) for t in failed_at if t).items()):
-        db[COLLECTION].update_one({"_id": bucket}, {"$inc": {"failed": n}}, upsert=True)
+    by_bucket: dict[int, list[float]] = {}
+    for t in failed_at:
+        if t:
+            by_bucket.setdefault(bucket_of(t), []).append(t)
+    for bucket, times in sorted(by_bucket.items()):
+        update = {
+            "$inc": {"failed": len(times)},
+            "$min": {"ffirst": min(times)},
+            "$max": {"flast": max(times)},
+        }
+        db[COLLECTION].update_one({"_id": bucket}, update, upsert=True)
 
 
 def window(db: Any, since: float) -> list[dict[str, Any]]:
@@ -96,3 +104,73 @@ def histogram(docs: Iterable[dict[str, Any]]) -> Counter[int]:
 def prune(db: Any, older_than: float) -> int:
     """Drop intervals before ``older_than`` (epoch seconds); the dashboard reads minutes back."""
     return db[COLLECTION].delete_many({"_id": {"$lt": bucket_of(older_than)}}).deleted_count
+
+
+class History:
+    """Where results lie in time, read from the intervals: to size a range so it holds about n.
+
+    The server reads every document of an index range before it sorts and limits
+    (DESIGN section 9), so the cost of "the newest 24" is what the range read holds.
+    A range guessed by time alone holds nothing after a pause and a hundred thousand
+    results after a busy hour; the intervals say how many results (``key``: "stored"
+    or "failed") each 10 s held, so :meth:`back` can place the range's lower end where
+    about ``n`` of them start. Intervals are read lazily, newest first, in windows
+    that double, and kept for the life of this object (one page load).
+    """
+
+    FIRST_WINDOW = 600.0  # seconds of intervals read at first: 60 documents
+
+    def __init__(self, db: Any, key: str = "stored", keep: float = KEEP_SECONDS) -> None:
+        self.db, self.key, self.keep = db, key, keep
+        self.buckets: list[tuple[int, int, float, float]] = []  # (start, count, first, last), newest first
+        self.low: float | None = None  # intervals at or after this are in ``buckets``
+        self.window = self.FIRST_WINDOW
+
+    def back(self, top: float, n: float) -> float | None:
+        """The time t (epoch seconds) such that about ``n`` results lie in ``[t, top)``.
+
+        Within an interval results count as spread evenly between its first and last
+        (kept by :func:`record`). None when the intervals kept (``KEEP_SECONDS``) end
+        before ``n`` are found: the caller then widens by time.
+        """
+        if self.low is None:
+            self.low = float(bucket_of(top) + BUCKET_SECONDS)
+        got, i = 0.0, 0
+        while True:
+            while i < len(self.buckets):
+                count, first, last = self.buckets[i][1:]
+                i += 1
+                if first >= top or count <= 0:
+                    continue
+                end = min(top, last)
+                part = count * (end - first) / (last - first) if last > first else float(count)
+                if part > 0 and got + part >= n:
+                    return end - (end - first) * (n - got) / part
+                got += part
+            if not self._older(top):
+                return None
+
+    def _older(self, top: float) -> bool:
+        """Read the next window of older intervals; False when past what is kept."""
+        assert self.low is not None
+        if self.low < top - self.keep:
+            return False
+        low = self.low - self.window
+        docs = self.db[COLLECTION].find({"_id": {"$gte": bucket_of(low), "$lt": bucket_of(self.low)}})
+        first, last = ("first", "last") if self.key == "stored" else ("ffirst", "flast")
+        found = sorted(
+            (
+                (
+                    int(d["_id"]),
+                    int(d.get(self.key) or 0),
+                    float(d.get(first, d["_id"])),  # written before first/last were kept: all of it
+                    float(d.get(last, d["_id"] + BUCKET_SECONDS)),
+                )
+                for d in docs
+            ),
+            reverse=True,
+        )
+        self.buckets.extend(found)
+        self.low = float(bucket_of(low))
+        self.window *= 2
+        return True

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from pymongo import monitoring
 
 from dashboard import previews, stats, workers
 from dashboard.board import Dashboard
@@ -36,7 +37,7 @@ from dashboard.failures import FailuresView
 from dashboard.feed import LiveFeed
 from dashboard.gallery import GalleryView, card_text
 from dashboard.live import CountsView, ThroughputView
-from dashboard.queries import ALL, image_filter
+from dashboard.queries import ALL, image_filter, matches, merge, split
 from dashboard.styles import STATIC, stylesheet
 from imgflow import storage
 from imgflow.embedded import free_port
@@ -294,11 +295,14 @@ def test_image_filter_hides_hidden_images_unless_asked():
 
 def test_image_filter_matches_the_corrected_label_and_every_other_filter():
     q = image_filter(label="tabby", score=(0.5, 1.0), model=f"{MODEL}:1.0.0", source="upload")
-    clauses = q["$and"]
-    assert {"elabel": "tabby"} in clauses  # the effective label: a correction wins
-    assert {"score": {"$gte": 0.5, "$lte": 1.0}} in clauses
-    assert {"model": MODEL, "model_version": "1.0.0"} in clauses
-    assert {"source": "upload"} in clauses
+    assert q == {
+        "elabel": "tabby",  # the effective label: a correction wins
+        "score": {"$gte": 0.5, "$lte": 1.0},
+        "model": MODEL,
+        "model_version": "1.0.0",
+        "source": "upload",
+        "hidden": {"$ne": True},
+    }  # flat: the embedded server scans the whole collection for a top-level $and
 
 
 def test_image_filter_adds_nothing_for_all_and_the_full_score_range():
@@ -308,7 +312,45 @@ def test_image_filter_adds_nothing_for_all_and_the_full_score_range():
 def test_image_filter_refuses_a_model_without_a_version():
     with pytest.raises(ValueError):
         image_filter(model="no-version")
-    assert {"model": "a:b", "model_version": "1.0"} in image_filter(model="a:b:1.0")["$and"]
+    assert image_filter(model="a:b:1.0", include_hidden=True) == {"model": "a:b", "model_version": "1.0"}
+
+
+def test_merge_keeps_the_tighter_bound_of_one_field_and_flattens_the_rest():
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    since = {"updated_at": {"$gte": t0}, "hidden": {"$ne": True}}
+    page = {"updated_at": {"$gte": t0 - timedelta(hours=1), "$lt": t0 + timedelta(hours=1)}}
+    assert merge(since, page) == {
+        "updated_at": {"$gte": t0, "$lt": t0 + timedelta(hours=1)},
+        "hidden": {"$ne": True},
+    }
+    assert merge({"a": 1}, {"a": 2}) == {"a": 1, "$and": [{"a": 2}]}  # cannot merge: both kept
+    assert merge({"a": 1}, {"a": 1}, {}) == {"a": 1}
+
+
+def test_split_gives_the_server_one_index_and_checks_the_rest_here():
+    q = image_filter(label="tabby", score=(0.5, 1.0), source="upload", since=datetime(2026, 1, 1, tzinfo=UTC))
+    lead, rest = split(q, "updated_at")
+    assert lead == {"elabel": "tabby", "updated_at": q["updated_at"]}
+    assert rest == {"score": {"$gte": 0.5, "$lte": 1.0}, "source": "upload", "hidden": {"$ne": True}}
+    lead, rest = split(image_filter(model=f"{MODEL}:2.0.0", source="upload"), "updated_at")
+    assert lead == {"model": MODEL, "model_version": "2.0.0"}
+    assert rest == {"source": "upload", "hidden": {"$ne": True}}
+    assert split(image_filter(), "updated_at") == ({}, {"hidden": {"$ne": True}})
+
+
+def test_matches_checks_what_image_filter_writes_like_the_server():
+    doc = {"_id": "a", "elabel": "tabby", "score": 0.7, "source": "upload", "feedback": {"label": "x"}}
+    assert matches(doc, image_filter(label="tabby", score=(0.5, 1.0), source="upload"))
+    assert not matches(doc, image_filter(score=(0.0, 0.5)))
+    assert not matches({**doc, "hidden": True}, image_filter())  # hidden: filtered out
+    assert matches({**doc, "hidden": True}, image_filter(include_hidden=True))
+    assert matches(doc, {"hidden": {"$ne": True}})  # a missing field is not True
+    assert not matches(doc, {"gone": {"$gte": 1}})  # nor does it compare
+    assert matches(doc, {"gone": {"$exists": False}, "feedback.label": "x", "source": {"$in": ["upload"]}})
+    naive = datetime(2026, 1, 1)  # a client without tz_aware reads naive UTC times
+    assert matches({"t": naive}, {"t": {"$gte": datetime(2026, 1, 1, tzinfo=UTC)}})
+    with pytest.raises(ValueError):
+        matches(doc, {"score": {"$mod": [2, 0]}})
 
 
 def test_percentile_is_nearest_rank():
@@ -586,6 +628,79 @@ def test_keyset_pages_walk_every_image_once_across_batches_and_hours(db, tmp_pat
         store.page += 1
     assert espresso == [image_id for image_id, label in expected if label == "espresso"]
     assert store.total == len(espresso)
+
+
+class Finds(monitoring.CommandListener):
+    """A pymongo command listener that keeps the filters sent to one collection."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection, self.filters = collection, []
+
+    def started(self, event) -> None:
+        cmd = event.command
+        if cmd.get("find") == self.collection:
+            self.filters.append(cmd.get("filter") or {})
+        elif cmd.get("aggregate") == self.collection:  # count_documents
+            self.filters.append(cmd["pipeline"][0].get("$match", {}))
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+@e2e
+def test_pages_read_ranges_sized_by_the_rates_with_one_index_per_query(db, mongo_url: str, tmp_path: Path):
+    """The server reads what a page needs, not the history, and gets only what one index serves."""
+    from pymongo import MongoClient
+
+    path = write_image(tmp_path / "images" / "a.png")
+    now = datetime.now(UTC)
+    stored: list[Prediction] = []
+    for b in range(40):  # 1,000 images in batches of 25, 0.2 s apart, over the last 8 s
+        at = now - timedelta(seconds=8 - 0.2 * b)
+        preds = []
+        for i in range(25):
+            n = 25 * b + i
+            label = "rare" if n % 50 == 8 else ("tabby" if n % 3 else "espresso")
+            source = "upload" if n % 4 == 0 else "simulator"
+            score = round(0.3 + (n % 7) / 10, 2)
+            preds.append(
+                prediction(
+                    f"i{n:04d}", path, label, score, source=source, submitted=at - timedelta(seconds=1)
+                )
+            )
+        store_predictions(db, preds, at)
+        stored += preds
+    newest_first = [p for b in range(39, -1, -1) for p in stored[25 * b : 25 * b + 25]]
+    finds = Finds("images")
+    client: MongoClient = MongoClient(mongo_url, tz_aware=True, event_listeners=[finds])
+    try:
+        watched = client[db.name]
+        store = DataStore(db=watched, roots=[tmp_path], page_size=10)
+        store.load_images()
+        assert [d["_id"] for d in store.images] == [p.image_id for p in newest_first[:10]]
+        read = sum(db.images.count_documents(f) for f in finds.filters)
+        assert read <= 50, f"the newest page read {read} of 1,000 images"  # by time alone: all 1,000
+
+        finds.filters.clear()
+        store.param.update(label="rare", source="upload", score=(0.5, 1.0))
+        want = [p for p in newest_first if p.label == "rare" and p.source == "upload" and p.score >= 0.5]
+        seen = []
+        while True:
+            seen += [d["_id"] for d in store.images]
+            if not store.has_older:
+                break
+            store.page += 1
+        assert want and seen == [p.image_id for p in want]
+        assert store.total == len(want)
+        allowed = [{"elabel"}, {"model", "model_version"}, {"source"}, set()]
+        for sent in finds.filters:
+            fields = set(sent) - {"updated_at"}
+            assert "$and" not in sent and fields in allowed, sent  # the rest is checked client-side
+    finally:
+        client.close()
 
 
 @e2e
