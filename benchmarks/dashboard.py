@@ -277,8 +277,8 @@ def measure(db: Any, repeat: int, compare: bool) -> dict[str, Any]:
 
 def measure_with(code: Path, mongo_url: str, db_name: str, repeat: int) -> dict[str, Any]:
     """``measure`` run by another checkout's code, in a subprocess, on the same database."""
-    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{ROOT}"}
-    argv = [sys.executable, "-m", "benchmarks.dashboard", "--measure-only", "--mongo-url", mongo_url]
+    env = {**os.environ, "PYTHONPATH": str(code)}  # its imgflow and dashboard, this script
+    argv = [sys.executable, str(Path(__file__).resolve()), "--measure-only", "--mongo-url", mongo_url]
     argv += ["--db", db_name, "--repeat", str(repeat)]
     done = subprocess.run(argv, cwd=code, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -355,7 +355,9 @@ def main() -> None:
 
     from pymongo import MongoClient
 
-    if args.measure_only:
+    if args.measure_only:  # run as a script (by measure_with): its folder must not be "dashboard"
+        here = Path(__file__).resolve().parent
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
         client: MongoClient = MongoClient(args.mongo_url, tz_aware=True)
         print(json.dumps(measure(client[args.db], args.repeat, compare=False), default=str))
         return
@@ -367,9 +369,10 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     state = home / "seeded.json"
     mongo = start_mongo(home / "db", home)
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = {
-        "sizes": sizes,
-        "by_size": {},
+        "sizes": sorted({*sizes, *(int(s) for s in earlier.get("by_size", {}))}),
+        "by_size": earlier.get("by_size", {}),  # sizes measured by an earlier run stay (each has its commit)
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "commit": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
@@ -396,6 +399,7 @@ def main() -> None:
             after = measure(db, args.repeat, compare=True)
             exact = after.get("totals_value") == seeder.expected
             entry: dict[str, Any] = {"seed_rate": rate, "expected": dict(seeder.expected), "after": after}
+            entry["commit"], entry["when"] = results["commit"], datetime.now(UTC).isoformat()
             entry["totals_exact"] = exact
             if args.before and size <= args.before_max:
                 entry["before"] = measure_with(args.before, mongo.url, "bench", args.repeat)
