@@ -28,11 +28,8 @@ from dashboard.previews import THUMB_PX, preview_jpeg
 from dashboard.queries import (
     ALL,
     COUNT_CAP,
-    Cursor,
-    Guide,
     compare_models,
     count_images,
-    cursor_of,
     effective_label,
     filter_choices,
     get_db,
@@ -42,6 +39,7 @@ from dashboard.queries import (
     recent_failures,
 )
 from dashboard.stats import counted
+from imgflow.ranges import Cursor, Guide, cursor_of
 from imgflow.rates import History
 from imgflow.tally import model_versions_of
 

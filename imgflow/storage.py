@@ -302,7 +302,7 @@ def write_predictions(db: Any, tally: Tally, preds: list[Prediction], stored_at:
     tally.settle(deltas, first_at=stored_at)
     if resolved.modified_count:
         db.failures.delete_many({"gone": token})
-    note_choices(db, preds)
+    note_choices(db, choices_of(preds))
     rates.record(db, stored_at, stored=[p.submitted_at for p in preds])
 
 
@@ -328,14 +328,14 @@ def choices_of(preds: Iterable[Prediction]) -> set[tuple[str, str]]:
     return found
 
 
-def note_choices(db: Any, preds: Iterable[Prediction]) -> None:
-    """Remember each label, source and model version once, for the dashboard's filters.
+def note_choices(db: Any, choices: set[tuple[str, str]]) -> None:
+    """Remember each (kind, value): label, source, model version, once, for the dashboard's filters.
 
     Reading the choices from ``images`` (``distinct``) walks every document; this
     collection holds one document per value, written the first time a process sees it.
     """
     known = _known_choices.setdefault((id(db.client), db.name), set())
-    new = choices_of(preds) - known
+    new = choices - known
     if new:
         db.choices.bulk_write(
             [
@@ -347,6 +347,41 @@ def note_choices(db: Any, preds: Iterable[Prediction]) -> None:
             ordered=False,
         )
         known.update(new)
+
+
+def upgrade(db: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Bring a database stored by an older imgflow up to date, once, with workers stopped.
+
+    Reads the whole history (by image-id range, ``progress(done, total)`` after each):
+    sets the effective label (``elabel``) where it is missing, notes every label, source
+    and model version for the filters, then recounts the exact totals
+    (:func:`imgflow.tally.rebuild`). Running it again changes nothing.
+    """
+    from imgflow.queries import id_ranges
+    from imgflow.tally import rebuild
+
+    ensure_indexes(db)
+    ranges = id_ranges()
+    fields = {"label": 1, "feedback.label": 1, "elabel": 1, "source": 1, "model": 1, "model_version": 1}
+    labelled = 0
+    for done, (low, high) in enumerate(ranges, 1):
+        span: dict[str, Any] = {"$gte": low} if high is None else {"$gte": low, "$lt": high}
+        ops, found = [], set()
+        for doc in db.images.find({"_id": span}, fields):
+            label = (doc.get("feedback") or {}).get("label") or doc.get("label")
+            if label and doc.get("elabel") != label:
+                ops.append(UpdateOne({"_id": doc["_id"]}, {"$set": {"elabel": label}}))
+            for kind, value in (("label", doc.get("label")), ("label", label), ("source", doc.get("source"))):
+                if value:
+                    found.add((kind, str(value)))
+            if doc.get("model") and doc.get("model_version"):
+                found.add(("model", f"{doc['model']}:{doc['model_version']}"))
+        if ops:
+            labelled += db.images.bulk_write(ops, ordered=False).modified_count
+        note_choices(db, found)
+        if progress is not None:
+            progress(done, len(ranges))
+    return {"labelled": labelled, **rebuild(db)}
 
 
 def ensure_indexes(db: Any) -> None:

@@ -37,10 +37,11 @@ from dashboard.failures import FailuresView
 from dashboard.feed import LiveFeed
 from dashboard.gallery import GalleryView, card_text
 from dashboard.live import CountsView, ThroughputView
-from dashboard.queries import ALL, image_filter, matches, merge, split
+from dashboard.queries import ALL, image_filter
 from dashboard.styles import STATIC, stylesheet
 from imgflow import storage
 from imgflow.embedded import free_port
+from imgflow.ranges import matches, merge, split
 from imgflow.records import Failure, ImageMeta, Prediction
 from imgflow.tally import Tally
 

@@ -178,3 +178,47 @@ async def test_values_that_look_like_field_paths_are_stored_as_written(store: St
     assert (doc["path"], doc["label"], doc["prediction"]["label"]) == ("$HOME/image.jpg", "$label", "$label")
     assert doc["attrs"] == {"camera": "$cam", "tags": ["$a", "b"]}
     assert doc["hidden"] is False and doc["created_at"] == doc["updated_at"]
+
+
+async def test_upgrade_brings_an_older_database_to_what_the_sink_writes_now(store: Store, db, mongo_url: str):
+    """A database stored before counters, effective labels and choices: `upgrade-store` fills them in."""
+    import os
+    import subprocess
+    import sys
+
+    from dashboard import feedback
+    from imgflow.tally import totals
+
+    for i in range(6):
+        await store.write_predictions([prediction(f"u{i}", "1.0", T0 + i, "tabby" if i % 2 else "espresso")])
+    await store.write_predictions([prediction("u0", "2.0", T0 + 50, "tabby", submitted_at=T0 + 40)])
+    feedback.correct_label(db, "u1", "lynx", by="test")
+    feedback.set_hidden(db, "u2", True, by="test")
+    now = totals(db)
+    # What an older imgflow left: no elabel, no choices, no counters.
+    db.images.update_many({}, {"$unset": {"elabel": ""}})
+    db.choices.drop()
+    db.counters.drop()
+    assert totals(db)["images"] == 0
+
+    env = {**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": db.name}
+    run = [sys.executable, "-m", "faust", "-A", "imgflow"]
+    done = subprocess.run([*run, "upgrade-store"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "images: 6" in done.stdout and "labelled: 6" in done.stdout
+    after = totals(db)
+    assert {k: after[k] for k in ("images", "failures", "hidden", "corrected", "predictions")} == {
+        k: now[k] for k in ("images", "failures", "hidden", "corrected", "predictions")
+    }
+    assert db.images.find_one({"_id": "u1"})["elabel"] == "lynx"  # the correction wins
+    assert db.images.find_one({"_id": "u0"})["elabel"] == "tabby"
+    kinds = {(d["kind"], d["value"]) for d in db.choices.find()}
+    assert {("label", "lynx"), ("label", "espresso"), ("model", "net:2.0"), ("source", "test")} <= kinds
+
+    latest = subprocess.run(
+        [*run, "latest", "--limit", "3"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert latest.returncode == 0, latest.stderr
+    lines = latest.stdout.splitlines()
+    assert lines[0].startswith("6 images stored, 0 failures")
+    assert len(lines) == 4 and "u0.jpg" in lines[1]  # the newest first: u0's replay with 2.0
