@@ -26,12 +26,13 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from imgflow.queries import id_ranges
 from imgflow.records import Failure, ImagePath, MalformedMessage, message_id, parse, parse_image_path
 from imgflow.settings import Settings, get_settings
 from imgflow.sources.publish import publish_paths
@@ -313,8 +314,35 @@ def mongo_db(settings: Settings):
 RETRY_CHUNK = 1000
 
 
-def _failures_page(db: Any, query: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(db.failures.find(query).sort([("_id", 1)]).limit(RETRY_CHUNK))
+def failure_chunks(
+    db: Any, image_ids: Iterable[str] | None = None, size: int = RETRY_CHUNK
+) -> Iterator[list[dict]]:
+    """The dead letters to retry (with a path, not cleared), at most ``size`` at a time.
+
+    All of them are read one image-id range at a time (``imgflow.queries.id_ranges``): the
+    server reads a whole index range for a sort with a limit and ignores the id bounds of a
+    query that names more fields, so paging by ``_id`` re-read every later failure per page.
+    """
+
+    def retryable(docs: Iterable[dict]) -> list[dict]:
+        return [d for d in docs if d.get("path") is not None and "gone" not in d]
+
+    if image_ids is not None:
+        wanted = sorted(set(image_ids))
+        for i in range(0, len(wanted), size):
+            found = retryable(db.failures.find({"_id": {"$in": wanted[i : i + size]}}))
+            if found:
+                yield found
+        return
+    pending: list[dict] = []
+    for low, high in id_ranges():
+        span: dict[str, Any] = {"$gte": low} if high is None else {"$gte": low, "$lt": high}
+        pending += retryable(db.failures.find({"_id": span}))
+        while len(pending) >= size:
+            yield pending[:size]
+            pending = pending[size:]
+    if pending:
+        yield pending
 
 
 async def retry_failed(
@@ -331,34 +359,19 @@ async def retry_failed(
     signed-in user) is recorded on the failure documents (``retried_by``) and
     travels with the images (``attrs.retry_of.by``), so a retry has an author.
 
-    Bounded memory at any size: ``RETRY_CHUNK`` failures at a time, in ``_id`` order
-    (keyset), each chunk published and marked before the next is read;
+    Bounded memory at any size: ``RETRY_CHUNK`` failures at a time
+    (:func:`failure_chunks`), each chunk published and marked before the next is read;
     ``progress(sent so far)`` after each.
     """
     import asyncio
 
     settings = settings or get_settings()
     replay_id = f"retry-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    wanted = sorted(set(image_ids)) if image_ids is not None else None
     client, db = mongo_db(settings)
+    chunks = failure_chunks(db, image_ids)
     sent = 0
-    after = ""
     try:
-        while True:
-            query: dict[str, Any] = {"path": {"$ne": None}, "gone": {"$exists": False}}
-            if wanted is not None:
-                chunk_ids = [i for i in wanted if i > after][:RETRY_CHUNK]
-                if not chunk_ids:
-                    break
-                query["_id"] = {"$in": chunk_ids}
-                after = chunk_ids[-1]
-            else:
-                query["_id"] = {"$gt": after}
-            docs = await asyncio.to_thread(_failures_page, db, query)
-            if wanted is None:
-                if not docs:
-                    break
-                after = docs[-1]["_id"]
+        while (docs := await asyncio.to_thread(next, chunks, None)) is not None:
             items = [
                 ImagePath(
                     image_id=doc["_id"],

@@ -129,3 +129,27 @@ def test_compare_models_on_known_disagreements(db):
     tally.rebuild(db)  # written without the sink: count them the slow way, once
     assert model_versions(db) == ["m:1", "m:2"]
     assert compare_models(db, "m:1", "m:9")["images"] == 0
+
+
+def test_failure_chunks_yield_every_retryable_dead_letter_once_in_bounded_chunks(db):
+    import random
+
+    from imgflow.replay import failure_chunks
+
+    rng = random.Random(3)
+    docs = []
+    for i in range(2500):
+        doc = {"_id": uuid.UUID(int=rng.getrandbits(128)).hex, "path": f"/in/{i}.jpg", "kind": "missing_file"}
+        if i % 10 == 0:
+            doc["path"] = None  # a malformed message: nothing to retry
+        if i % 10 == 1:
+            doc["gone"] = "t-1"  # the image succeeded since: being cleared
+        docs.append(doc)
+    db.failures.insert_many(docs)
+    want = {d["_id"] for d in docs if d["path"] is not None and "gone" not in d}
+    chunks = list(failure_chunks(db, size=700))
+    assert all(0 < len(c) <= 700 for c in chunks) and len(chunks) == -(-len(want) // 700)
+    got = [d["_id"] for c in chunks for d in c]
+    assert len(got) == len(set(got)) and set(got) == want
+    some = sorted(want)[:5] + [docs[0]["_id"], "no-such-id"]  # the dashboard's selection
+    assert {d["_id"] for c in failure_chunks(db, some, size=2) for d in c} == set(sorted(want)[:5])

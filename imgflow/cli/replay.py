@@ -45,7 +45,7 @@ async def replay(
         if dry_run:
             client, db = rp.mongo_db(settings)
             try:
-                n = db.failures.count_documents({"path": {"$ne": None}, "gone": {"$exists": False}})
+                n = sum(len(chunk) for chunk in rp.failure_chunks(db))
             finally:
                 client.close()
             self.say(f"would retry {n} failed images")
