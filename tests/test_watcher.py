@@ -334,7 +334,47 @@ async def test_watcher_sends_each_file_once_and_catches_up_after_a_restart(tmp_p
     await stop(watcher, task)
     assert again.names == ["a.jpg", "c.jpg", "d.png"]
     assert next(m for m in again.messages if m.path.endswith("d.png")).attrs["relative_path"] == "sub/d.png"
-    assert journal.counts() == {"sent": 7}
+    # 7 sent; the row of the first a.jpg is forgotten: that file (size, mtime) is gone.
+    assert journal.counts() == {"sent": 6}
+    journal.close()
+
+
+async def test_the_journal_forgets_files_that_left_and_keeps_what_a_restart_needs(tmp_path: Path):
+    """Bounded by design: about one row per file in the folders, not one per file ever seen."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    journal = Journal(tmp_path / "j.sqlite3")
+
+    def entry(name: str, state: str, *, lifecycle: bool = False, exists: bool = True) -> Entry:
+        path = inbox / name
+        path.write_bytes(image_bytes("JPEG"))
+        st = path.stat()
+        if not exists:
+            path.unlink()
+        sent_path = str(inbox / "processing" / name) if lifecycle else str(path)
+        return Entry(str(path), st.st_size, st.st_mtime_ns, f"id-{name}", sent_path, str(inbox), state)
+
+    rows = [
+        entry("here.jpg", "sent"),  # still there: a restart must not resend it
+        entry("deleted.jpg", "sent", exists=False),
+        entry("pending.jpg", "pending", exists=False),  # resent (or abandoned) on start
+        entry("waiting.jpg", "sent", lifecycle=True, exists=False),  # moved, awaiting its result
+        entry("moved.jpg", "stored", lifecycle=True, exists=False),  # processed/ by lifecycle
+        entry("failed.jpg", "failed", lifecycle=True, exists=False),
+        entry("replaced.jpg", "sent"),
+    ]
+    journal.add(rows)
+    (inbox / "replaced.jpg").write_bytes(image_bytes("JPEG", (80, 60)))  # another file, same name
+    for i in range(2500):  # more than one chunk of rows
+        journal.add([Entry(f"/gone/{i}.jpg", 1, 1, f"g{i}", f"/gone/{i}.jpg", "/gone", "sent")])
+    watcher = FolderWatcher([inbox], journal, settle=0.2, publish=Recorder())
+    assert await watcher.prune_journal() == 4 + 2500
+    assert sorted(e.image_id for e in journal._rows("")) == [
+        "id-here.jpg",
+        "id-pending.jpg",
+        "id-waiting.jpg",
+    ]
+    assert await watcher.prune_journal() == 0
     journal.close()
 
 

@@ -57,6 +57,7 @@ class FolderWatcher:
         results: ResultWatch | None = None,
         store: Any = None,
         debounce_ms: int = 400,
+        prune_every: float = 3600.0,
     ) -> None:
         self.roots = dedupe_roots([r.resolve() for r in roots], recursive)
         self.journal = journal
@@ -65,6 +66,7 @@ class FolderWatcher:
         self.source = source
         self.publish = publish
         self.debounce_ms = debounce_ms
+        self.prune_every = prune_every
         self.settler = Settler(settle)
         self.sent = 0
         self._ignored: set[Path] = set()
@@ -127,10 +129,16 @@ class FolderWatcher:
             for root in self.roots:
                 await self.scan(root)
             self.ready.set()
+            pruned_at = -float("inf")
             while not self._stop.is_set():
+                if time.monotonic() - pruned_at >= self.prune_every:
+                    await self.prune_journal()
+                    pruned_at = time.monotonic()
                 await self._send_settled()
-                due = self.settler.next_due()
-                timeout = None if due is None else max(0.0, due - time.monotonic())
+                prune_due = pruned_at + self.prune_every
+                settle_due = self.settler.next_due()
+                due = prune_due if settle_due is None else min(settle_due, prune_due)
+                timeout = max(0.0, due - time.monotonic())
                 try:
                     item = await asyncio.wait_for(queue.get(), timeout)
                 except TimeoutError:
@@ -148,6 +156,25 @@ class FolderWatcher:
             await asyncio.gather(*(t for t in [*tasks, follower] if t is not None), return_exceptions=True)
             if self.mover is not None:
                 await self.mover.stop()
+
+    async def prune_journal(self) -> int:
+        """Forget the journal rows whose files have left their paths (deleted, moved, replaced).
+
+        The journal must remember a file only while it can still be seen: a row for a file
+        that is still there is what stops a restart from resending it. Rows whose file is
+        gone can never match again (the key is path, size and mtime), so the journal holds
+        about one row per file in the folders, not one per file ever seen. The files are
+        checked in a thread, a thousand rows at a time.
+        """
+        forgotten, after = 0, 0
+        while rows := self.journal.done_rows(after):
+            after = rows[-1][0]
+            gone = await asyncio.to_thread(_gone, rows)
+            if gone:
+                forgotten += self.journal.forget(gone)
+        if forgotten:
+            log.info("journal: forgot %d files that left the watched folders", forgotten)
+        return forgotten
 
     async def on_changes(self, changes: set[tuple[Any, str]]) -> None:
         from watchfiles import Change
@@ -276,3 +303,17 @@ class FolderWatcher:
         if resend:
             log.info("resending %d images that were not acknowledged before the last stop", len(resend))
             await self._publish(resend)
+
+
+def _gone(rows: list[tuple[int, Entry]]) -> list[int]:
+    """The rowids whose file is no longer at its path as it was (missing, or another file)."""
+    gone = []
+    for rowid, entry in rows:
+        try:
+            st = os.stat(entry.path)
+        except OSError:
+            gone.append(rowid)
+            continue
+        if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+            gone.append(rowid)
+    return gone

@@ -125,5 +125,25 @@ class Journal:
                 [(state, *fields.values(), image_id, *only_from) for image_id in image_ids],
             )
 
+    #: States a row can be pruned from once its file has left its path: nothing more will
+    #: happen to it (``pending`` is resent on start; a lifecycle ``sent`` awaits its result).
+    DONE = ("sent", "stored", "failed", "abandoned")
+
+    def done_rows(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Entry]]:
+        """Rows that are done with (see :attr:`DONE`), by rowid after ``after``: (rowid, entry)."""
+        cur = self.db.execute(
+            f"SELECT rowid, {', '.join(_COLUMNS)} FROM files WHERE rowid > ? "
+            f"AND state IN ({', '.join('?' * len(self.DONE))}) ORDER BY rowid LIMIT ?",
+            (after, *self.DONE, limit),
+        )
+        rows = [(row[0], Entry(**dict(zip(_COLUMNS, row[1:], strict=True)))) for row in cur.fetchall()]
+        return [(rowid, e) for rowid, e in rows if not (e.state == "sent" and e.lifecycle)]
+
+    def forget(self, rowids: Iterable[int]) -> int:
+        """Delete rows (their files are gone: nothing of them can be seen or sent again)."""
+        with self.db:
+            cur = self.db.executemany("DELETE FROM files WHERE rowid = ?", [(r,) for r in rowids])
+        return cur.rowcount
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
