@@ -151,5 +151,5 @@ def test_failure_chunks_yield_every_retryable_dead_letter_once_in_bounded_chunks
     assert all(0 < len(c) <= 700 for c in chunks) and len(chunks) == -(-len(want) // 700)
     got = [d["_id"] for c in chunks for d in c]
     assert len(got) == len(set(got)) and set(got) == want
-    some = sorted(want)[:5] + [docs[0]["_id"], "no-such-id"]  # the dashboard's selection
+    some = [*sorted(want)[:5], docs[0]["_id"], "no-such-id"]  # the dashboard's selection
     assert {d["_id"] for c in failure_chunks(db, some, size=2) for d in c} == set(sorted(want)[:5])
