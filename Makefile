@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser demo test test-fast lint format bench bench-dashboard bench-recovery soak clean
+.PHONY: help install model browser demo test test-fast lint format bench bench-dashboard bench-recovery soak soak-memory clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ bench: $(STAMP) $(MODEL_SPEC) ## Speed on camera-sized JPEGs: limit, 1-2 workers
 
 bench-dashboard: $(STAMP) ## Dashboard and query cost at 10k, 100k, 1M stored images -> benchmarks/results/dashboard.json (BENCH_DASHBOARD_ARGS="--sizes 10000,100000")
 	$(BIN)/python -m benchmarks.dashboard $(BENCH_DASHBOARD_ARGS)
+
+MINUTES ?= 60
+RATE ?= 20
+soak-memory: $(STAMP) $(MODEL_SPEC) ## Memory of every demo process over time -> benchmarks/results/memory.json + .png (MINUTES=60 RATE=20)
+	$(BIN)/python -m benchmarks.memory --minutes $(MINUTES) --rate $(RATE)
 
 soak: $(STAMP) $(MODEL_SPEC) ## Kill/stop workers and MongoDB under load; check exactly-once and no stall (SOAK_ARGS="--runs 5")
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)

@@ -1,0 +1,235 @@
+"""Memory over time of every process of the demo: ``make soak-memory [MINUTES=60] [RATE=20]``.
+
+Runs ``python -m imgflow.launcher demo`` (embedded broker and MongoDB-protocol server,
+``--workers`` workers, the watcher, the simulator at ``--rate`` images/s, the dashboard)
+in a fresh ``IMGFLOW_HOME`` for ``--minutes``, and every ``--interval`` seconds records the
+resident memory (RSS) of each process, by role, with the number of images stored so far
+(the exact counters in MongoDB). Then per role: growth per hour and per 10,000 images (a
+least-squares line over the samples after ``--warmup`` minutes: start-up allocations are
+not growth), and what 7 days at the demo's default rate would add at that slope.
+
+Writes ``benchmarks/results/memory.json`` (``--out``) and a plot of memory over time per
+process beside it (``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_RATE = 5.0  # the launcher's default simulator rate, images/s
+WEEK_H = 7 * 24
+
+#: A process's role, from its command line (first match wins).
+ROLES = [
+    ("broker", re.compile(r"tansu")),
+    ("mongodb", re.compile(r"secantusd")),
+    ("dashboard", re.compile(r"panel|bokeh|dashboard")),
+    ("simulator", re.compile(r"\bsimulate\b")),
+    ("watcher", re.compile(r"\bwatch\b")),
+    ("worker", re.compile(r"\bworker\b")),
+]
+
+
+def role_of(proc: psutil.Process) -> str | None:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return next((name for name, pattern in ROLES if pattern.search(cmd)), "other")
+
+
+def rss_by_role(root: psutil.Process) -> dict[str, float]:
+    """MB resident per role over the launcher's process tree (several workers: summed)."""
+    found: dict[str, float] = {}
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return found
+    for proc in procs:
+        role = "launcher" if proc.pid == root.pid else role_of(proc)
+        if role is None:
+            continue
+        try:
+            found[role] = found.get(role, 0.0) + proc.memory_info().rss / 1e6
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def stored(mongo_url: str | None, db_name: str) -> int | None:
+    if not mongo_url:
+        return None
+    from imgflow.mongo import connect
+    from imgflow.tally import IMAGES, totals
+
+    client = connect(mongo_url, serverSelectionTimeoutMS=2000)
+    try:
+        return int(totals(client[db_name])[IMAGES])
+    except Exception:
+        return None
+    finally:
+        client.close()
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys over xs (None with fewer than 3 points or no spread)."""
+    if len(xs) < 3:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def growth(samples: list[dict[str, Any]], warmup_s: float, rate: float) -> dict[str, dict[str, Any]]:
+    steady = [s for s in samples if s["t"] >= warmup_s]
+    roles = sorted({r for s in samples for r in s["rss_mb"]})
+    out: dict[str, dict[str, Any]] = {}
+    for role in roles:
+        rows = [s for s in steady if role in s["rss_mb"]]
+        per_s = slope([s["t"] for s in rows], [s["rss_mb"][role] for s in rows])
+        with_images = [s for s in rows if s.get("images") is not None]
+        per_image = slope([float(s["images"]) for s in with_images], [s["rss_mb"][role] for s in with_images])
+        first = next((s["rss_mb"][role] for s in samples if role in s["rss_mb"]), None)
+        last = rows[-1]["rss_mb"][role] if rows else None
+        per_hour = per_s * 3600 if per_s is not None else None
+        out[role] = {
+            "start_mb": first,
+            "end_mb": last,
+            "mb_per_hour": per_hour,
+            "mb_per_10k_images": per_image * 10_000 if per_image is not None else None,
+            # At the demo's default rate the same images take rate/DEMO_RATE times longer.
+            "week_at_demo_rate_mb": (
+                (last or 0) + per_image * DEMO_RATE * 3600 * WEEK_H if per_image is not None else None
+            ),
+        }
+    return out
+
+
+def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    roles = sorted({r for s in samples for r in s["rss_mb"]})
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    for role in roles:
+        xs = [s["t"] / 60 for s in samples if role in s["rss_mb"]]
+        ys = [s["rss_mb"][role] for s in samples if role in s["rss_mb"]]
+        ax.plot(xs, ys, label=role)
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=20.0, help="simulator images/s")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, default=2.0, help="minutes left out of the growth lines")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="imgflow-memory-"))
+    env = {**os.environ, "IMGFLOW_HOME": str(home)}
+    for name in ("BROKER_URL", "MONGO_URL"):  # the embedded services: the point of the run
+        env.pop(name, None)
+    argv = [sys.executable, "-m", "imgflow.launcher", "demo", "--quiet"]
+    argv += ["--workers", str(args.workers), "--rate", str(args.rate)]
+    log = (home / "launcher.log").open("w")
+    launcher = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    root = psutil.Process(launcher.pid)
+    samples: list[dict[str, Any]] = []
+    mongo_url = None
+    db_name = env.get("MONGO_DB", "imgflow")
+    started = time.monotonic()
+    print(
+        f"demo in {home}: {args.workers} worker(s), {args.rate:g} images/s, {args.minutes:g} min", flush=True
+    )
+    try:
+        while time.monotonic() - started < args.minutes * 60:
+            if launcher.poll() is not None:
+                raise SystemExit(
+                    f"the demo stopped (exit {launcher.returncode}); see {home / 'launcher.log'}"
+                )
+            if mongo_url is None:
+                found = re.search(
+                    r"mongodb\s+(mongodb://\S+)\s+database (\S+)", (home / "launcher.log").read_text()
+                )
+                if found:
+                    mongo_url, db_name = found.group(1), found.group(2)
+            t = time.monotonic() - started
+            sample: dict[str, Any] = {
+                "t": round(t, 1),
+                "images": stored(mongo_url, db_name),
+                "rss_mb": rss_by_role(root),
+            }
+            samples.append(sample)
+            if len(samples) % 6 == 1:
+                rss = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(sample["rss_mb"].items()))
+                print(f"  {t / 60:5.1f} min  {sample['images'] or 0:>7,} images  MB: {rss}", flush=True)
+            time.sleep(max(0.0, args.interval - (time.monotonic() - started - t)))
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+        log.close()
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "params": {
+            "minutes": args.minutes,
+            "rate": args.rate,
+            "workers": args.workers,
+            "warmup_min": args.warmup,
+        },
+        "growth": growth(samples, args.warmup * 60, args.rate),
+        "samples": samples,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    title = f"imgflow demo, {args.workers} worker(s), {args.rate:g} images/s ({results['commit']})"
+    plot(samples, args.out.with_suffix(".png"), title)
+    print(f"\n{'process':<10} {'start':>8} {'end':>8} {'MB/hour':>9} {'MB/10k img':>11} {'7 d at 5/s':>11}")
+    for role, g in results["growth"].items():
+        cells = [
+            g["start_mb"],
+            g["end_mb"],
+            g["mb_per_hour"],
+            g["mb_per_10k_images"],
+            g["week_at_demo_rate_mb"],
+        ]
+        print(f"{role:<10} " + " ".join(f"{c:>9,.0f}" if c is not None else f"{'-':>9}" for c in cells))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')} (logs in {home})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
