@@ -12,7 +12,8 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 from faust.types import EventT, TopicT
@@ -21,6 +22,8 @@ from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
 from imgflow.records import DecodedImage, Prediction, dumps, parse_tensor
+from imgflow.storage import retry_forever
+from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, predictions_topic, tensors_topic
 from models.backends import Classifier
 from models.registry import ModelCache, spec_for
@@ -32,12 +35,22 @@ class TensorRejected(ValueError):
     kind = "bad_tensor"
 
 
+class TensorGone(LookupError):
+    kind = "tensor_gone"
+
+
 @dataclass(frozen=True)
 class Tensor:
-    """An ``imgflow-tensors`` message, read: the record (a failure record reads it) and the pixels."""
+    """An ``imgflow-tensors`` message, read: the record (a failure record reads it), the pixels,
+    and where they are when not in the message (``imgflow.tensors``)."""
 
     record: DecodedImage
     pixels: bytes
+    elsewhere: bytes | None = None
+
+    @property
+    def blob(self) -> str:
+        return blob_id(self.record.image_id, self.record.decoded_at)
 
 
 def parse_event(event: EventT) -> Tensor:
@@ -113,11 +126,52 @@ async def classify_group(
 class Classify:
     """Groups a batch by the model each tensor was decoded for; one model call per group."""
 
-    def __init__(self, models: ModelCache) -> None:
+    def __init__(self, models: ModelCache, tensors: TensorStore | None = None) -> None:
         self.models = models
+        self.tensors = tensors
+
+    async def claim(self, items: list[Tensor], outcome: Outcome) -> list[Tensor]:
+        """Fetch the pixels stored beside their messages; mark them done once the batch is safe.
+
+        Pixels already done belong to an image classified before (a redelivery): skipped.
+        Pixels gone (expired, ``IMGFLOW_TENSOR_TTL``) fail the image as ``tensor_gone``.
+        """
+        claimed = [item for item in items if item.elsewhere is not None]
+        if not claimed:
+            return items
+        if self.tensors is None or any(item.elsewhere != IN_MONGO for item in claimed):
+            for item in claimed:
+                outcome.failed.append((item, TensorRejected(f"pixels stored in {item.elsewhere!r}: unknown")))
+            return [item for item in items if item.elsewhere is None]
+        store = self.tensors
+        found = await retry_forever(
+            "read pixels", partial(asyncio.to_thread, store.take, [i.blob for i in claimed])
+        )
+        ready: list[Tensor] = []
+        for item in items:
+            if item.elsewhere is None:
+                ready.append(item)
+            elif item.blob not in found:
+                gone = TensorGone(
+                    f"the decoded pixels were dropped before classification (older than IMGFLOW_TENSOR_TTL="
+                    f"{store.ttl:g}s); retry the image from its path"
+                )
+                outcome.failed.append((item, gone))
+            elif (pixels := found[item.blob]) is None:
+                METRICS.redelivered.labels("classify").inc()
+            else:
+                ready.append(replace(item, pixels=pixels))
+        done = [i.blob for i in claimed if found.get(i.blob) is not None]
+
+        async def mark_done() -> None:
+            await retry_forever("mark pixels done", partial(asyncio.to_thread, store.done, done))
+
+        outcome.then = mark_done
+        return ready
 
     async def batch(self, items: list[Tensor]) -> Outcome:
         outcome = Outcome()
+        items = await self.claim(items, outcome)
         groups: dict[str, list[tuple[DecodedImage, np.ndarray]]] = defaultdict(list)
         for item in items:
             try:
@@ -141,12 +195,15 @@ class Classify:
 
 
 def stage(
-    models: ModelCache, output: TopicT = predictions_topic, failures: TopicT = failed_topic
+    models: ModelCache,
+    output: TopicT = predictions_topic,
+    failures: TopicT = failed_topic,
+    tensors: TensorStore | None = None,
 ) -> Stage[Tensor]:
     return Stage(
         "classify",
         parse=parse_event,
-        process=Classify(models).batch,
+        process=Classify(models, tensors).batch,
         output=output,
         failures=failures,
         batch_size=settings.batch_size,
@@ -155,4 +212,4 @@ def stage(
 
 @app.agent(tensors_topic)
 async def classify(stream):
-    await stage(app.resources.models).run(stream)
+    await stage(app.resources.models, tensors=app.resources.tensors).run(stream)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from faust.types import EventT, TopicT
@@ -25,6 +26,8 @@ from imgflow.imaging import ImageRejected, Limits, decode_image
 from imgflow.metrics import METRICS
 from imgflow.records import DecodedImage, ImageMeta, ImagePath, message_id, parse_image_path, tensor_message
 from imgflow.roots import require_inside_roots
+from imgflow.storage import retry_forever
+from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, paths_topic, tensors_topic
 from models.registry import spec_for
 
@@ -78,8 +81,11 @@ def parse_event(event: EventT) -> ImagePath:
 class Decoder:
     """Decodes a batch in the decode threads, each image bounded in time."""
 
-    def __init__(self, pool: Executor, roots: Sequence[Path] | None = None) -> None:
+    def __init__(
+        self, pool: Executor, roots: Sequence[Path] | None = None, tensors: TensorStore | None = None
+    ) -> None:
         self.pool = pool
+        self.tensors = tensors
         self.limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
         self.roots = settings.image_root_paths if roots is None else roots
 
@@ -97,12 +103,20 @@ class Decoder:
 
     async def batch(self, items: list[ImagePath]) -> Outcome:
         outcome = Outcome()
+        decoded: list[tuple[ImagePath, Decoded]] = []
         for item, result in zip(items, await asyncio.gather(*map(self.one, items)), strict=True):
             if isinstance(result, Decoded):
-                value, headers = tensor_message(result.record, result.pixels)
-                outcome.outputs.append((item, item.image_id, value, headers))
+                decoded.append((item, result))
             else:
                 outcome.failed.append((item, result))
+        elsewhere = None
+        if self.tensors is not None and decoded:  # the pixels beside the messages, first
+            blobs = [(blob_id(d.record.image_id, d.record.decoded_at), d.pixels) for _, d in decoded]
+            await retry_forever("store pixels", partial(asyncio.to_thread, self.tensors.put, blobs))
+            elsewhere = IN_MONGO
+        for item, d in decoded:
+            value, headers = tensor_message(d.record, d.pixels, elsewhere)
+            outcome.outputs.append((item, item.image_id, value, headers))
         METRICS.decoded.inc(len(outcome.outputs))
         return outcome
 
@@ -112,11 +126,12 @@ def stage(
     output: TopicT = tensors_topic,
     failures: TopicT = failed_topic,
     roots: Sequence[Path] | None = None,
+    tensors: TensorStore | None = None,
 ) -> Stage[ImagePath]:
     return Stage(
         "decode",
         parse=parse_event,
-        process=Decoder(pool, roots).batch,
+        process=Decoder(pool, roots, tensors).batch,
         output=output,
         failures=failures,
         batch_size=settings.decode_batch_size,
@@ -125,4 +140,5 @@ def stage(
 
 @app.agent(paths_topic)
 async def decode(stream):
-    await stage(app.resources.decode_pool).run(stream)
+    beside = app.resources.tensors if settings.tensor_store == "mongo" else None
+    await stage(app.resources.decode_pool, tensors=beside).run(stream)

@@ -11,7 +11,8 @@ all of them and lives here, once:
    failures stage itself, an item to store);
 4. process the parsed batch;
 5. publish the outputs and wait for the broker (an output over the size limit
-   fails its image as ``message_too_large``), then the failure records;
+   fails its image as ``message_too_large``), then the failure records, then run
+   the batch's ``then`` (what may only happen once they are safe);
 6. release the acknowledgements, so the offsets may be committed;
 7. count the batch.
 """
@@ -46,6 +47,9 @@ class Outcome:
         default_factory=list
     )
     failed: list[tuple[Any, BaseException]] = field(default_factory=list)
+    #: Run once the outputs and failure records are acknowledged by the broker, before the
+    #: offsets are released (the classify stage marks claimed pixels done here).
+    then: Callable[[], Awaitable[None]] | None = None
 
 
 def hold(events: Sequence[EventT]) -> None:
@@ -98,5 +102,7 @@ class Stage(Generic[T]):
             failures += [failure_for(self.name, outcome.outputs[i][0], exc) for i, exc in refused.items()]
         if failures:
             await publish_all(self.failures, failures)
+        if outcome.then is not None:
+            await outcome.then()
         release(events)
         METRICS.batch_size.labels(self.name).observe(len(events))

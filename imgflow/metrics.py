@@ -27,6 +27,12 @@ class Metrics:
             "imgflow_images_failed", "Images that could not go on.", ["stage", "kind"], registry=r
         )
         self.counted = Counter("imgflow_labels_counted", "Stored results counted in tables.", registry=r)
+        self.redelivered = Counter(
+            "imgflow_redelivered_skipped",
+            "Redelivered messages whose work was done already.",
+            ["stage"],
+            registry=r,
+        )
         self.recounted = Counter(
             "imgflow_labels_recounted", "Redelivered stored results not counted again.", registry=r
         )

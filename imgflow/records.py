@@ -191,17 +191,33 @@ def parse_image_path(raw: bytes | None, key: bytes | None, fallback_id: str) -> 
 RECORD_HEADER = "imgflow-record"
 
 
-def tensor_message(record: DecodedImage, pixels: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """An ``imgflow-tensors`` message: the pixels as its value, the record in a header."""
-    return pixels, [(RECORD_HEADER, dumps(record))]
+def tensor_message(
+    record: DecodedImage, pixels: bytes, elsewhere: bytes | None = None
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """An ``imgflow-tensors`` message: the pixels as its value, the record in a header.
+
+    ``elsewhere`` (``imgflow.tensors.IN_MONGO``): the pixels are stored beside the message,
+    which then carries an empty value and says where in the ``imgflow-pixels`` header.
+    """
+    from imgflow.tensors import HEADER
+
+    headers = [(RECORD_HEADER, dumps(record))]
+    if elsewhere is not None:
+        return b"", [*headers, (HEADER, elsewhere)]
+    return pixels, headers
 
 
-def parse_tensor(value: bytes | None, headers: Mapping[str, bytes] | None) -> tuple[DecodedImage, bytes]:
-    """Read an ``imgflow-tensors`` message: (record, pixels), or :class:`MalformedMessage`."""
+def parse_tensor(
+    value: bytes | None, headers: Mapping[str, bytes] | None
+) -> tuple[DecodedImage, bytes, bytes | None]:
+    """Read an ``imgflow-tensors`` message: (record, pixels, where the pixels are if elsewhere),
+    or :class:`MalformedMessage`."""
+    from imgflow.tensors import HEADER
+
     raw = (headers or {}).get(RECORD_HEADER)
     if raw is None:
         raise MalformedMessage(f"no {RECORD_HEADER!r} header (a tensor message carries its record there)")
-    return parse(DecodedImage, raw), value or b""
+    return parse(DecodedImage, raw), value or b"", (headers or {}).get(HEADER)
 
 
 def message_id(topic: str, partition: int, offset: int) -> str:

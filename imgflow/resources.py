@@ -25,6 +25,7 @@ from mode import Service
 
 from imgflow.settings import Settings
 from imgflow.storage import Store
+from imgflow.tensors import TensorStore
 from imgflow.web.auth import auth_headers
 from models.registry import ModelCache, spec_for
 
@@ -44,6 +45,7 @@ class Resources(Service):
         self.models = ModelCache(self.model_thread, max_models=3, threads=settings.model_threads or None)
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
         self._store: Store | None = None
+        self._tensors: TensorStore | None = None
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -51,6 +53,13 @@ class Resources(Service):
         if self._store is None:
             raise RuntimeError("worker resources are not started")
         return self._store
+
+    @property
+    def tensors(self) -> TensorStore:
+        """Pixels stored beside their messages (imgflow/tensors.py): every worker can read them."""
+        if self._tensors is None:
+            self._tensors = TensorStore(self.store.sync_db, self.settings.tensor_ttl)
+        return self._tensors
 
     @property
     def http(self) -> aiohttp.ClientSession:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     store_batch_size: int = Field(64, ge=1, validation_alias=_env("IMGFLOW_STORE_BATCH_SIZE"))
     max_file_bytes: int = Field(50 * 2**20, ge=1, validation_alias=_env("IMGFLOW_MAX_FILE_BYTES"))
     max_pixels: int = Field(64_000_000, ge=1, validation_alias=_env("IMGFLOW_MAX_PIXELS"))
+    #: Where decoded pixels travel (imgflow/tensors.py): ``kafka`` in the tensor message;
+    #: ``mongo`` beside it in MongoDB ``tensors`` (the embedded broker keeps every record in
+    #: memory: ``make demo`` uses mongo). ``tensor_ttl``: how long unclaimed pixels are kept.
+    tensor_store: Literal["kafka", "mongo"] = Field("kafka", validation_alias=_env("IMGFLOW_TENSOR_STORE"))
+    tensor_ttl: float = Field(24 * 3600.0, gt=0, validation_alias=_env("IMGFLOW_TENSOR_TTL"))
 
     # Live counts
     #: Faust table store: ``rocksdb://`` keeps tables on local disk, so a restarted worker reads

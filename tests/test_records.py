@@ -90,8 +90,10 @@ def test_a_tensor_message_carries_raw_pixels_and_its_record_in_a_header():
     pixels = bytes(range(18))
     value, headers = tensor_message(rec, pixels)
     assert value == pixels  # raw, not base64 in JSON
-    record, back = parse_tensor(value, dict(headers))
-    assert record == rec and back == pixels
+    record, back, elsewhere = parse_tensor(value, dict(headers))
+    assert record == rec and back == pixels and elsewhere is None
+    value, headers = tensor_message(rec, pixels, elsewhere=b"mongo")  # a claim check: no pixels
+    assert value == b"" and parse_tensor(value, dict(headers)) == (rec, b"", b"mongo")
     with pytest.raises(MalformedMessage, match="imgflow-record"):
         parse_tensor(pixels, {})
 

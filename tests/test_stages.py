@@ -92,7 +92,7 @@ async def test_decode_emits_a_tensor_per_good_image_and_a_failure_per_bad_one(tm
         [tensor] = await drain(tensors, 1)
         kinds = {f.image_id: f.kind for f in (parse(Failure, e.value) for e in await drain(failed, 4))}
     pool.shutdown()
-    item, pixels = parse_tensor(tensor.value, tensor.headers)
+    item, pixels, _ = parse_tensor(tensor.value, tensor.headers)
     assert item.image_id == "good.jpg" and item.shape == [32, 32, 3] and item.meta.file_name == "good.jpg"
     assert len(pixels) == 32 * 32 * 3
     assert kinds.pop("empty.jpg") == "empty_file" and kinds.pop("missing.jpg") == "missing_file"
@@ -142,6 +142,78 @@ async def test_classify_predicts_per_model_and_fails_a_wrong_shape(tmp_path: Pat
     kinds = {f.image_id: (f.stage, f.kind) for f in failures}
     assert kinds.pop("odd") == ("classify", "bad_tensor")
     assert list(kinds.values()) == [("classify", "malformed_message")]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+async def test_pixels_beside_the_message_are_classified_once_and_an_expired_one_fails(
+    mongo_url: str, tmp_path: Path
+):
+    """IMGFLOW_TENSOR_STORE=mongo: decode puts the pixels in MongoDB, classify takes them, then done."""
+    import uuid
+
+    from PIL import Image
+    from pymongo import MongoClient
+
+    from imgflow.tensors import IN_MONGO, TensorStore
+    from models.registry import ModelCache
+    from tests.tiny_model import redblue_spec
+
+    client: MongoClient = MongoClient(mongo_url)
+    db = client[f"tensors_{uuid.uuid4().hex[:8]}"]
+    pixels = TensorStore(db, ttl=3600)
+    roots = tmp_path / "images"
+    roots.mkdir()
+    spec = redblue_spec(
+        tmp_path / "m", name="rb", version="1", labels=("red", "blue"), size=8, resize="stretch"
+    )
+    for name, color in (("red.png", (255, 0, 0)), ("blue.png", (0, 0, 255))):
+        Image.new("RGB", (16, 16), color).save(roots / name)
+    out, tensors = channel()
+    bad, failed = channel()
+    pool = ThreadPoolExecutor(2)
+    decoder = run_in_agent(
+        lambda: decode.stage(pool, output=out, failures=bad, roots=[roots], tensors=pixels)
+    )
+    async with decoder.test_context() as a:
+        for name in ("red.png", "blue.png"):
+            body = {"image_id": name, "path": str(roots / name), "model": str(spec)}
+            await a.put(json.dumps(body).encode(), key=name.encode(), wait=False)
+        messages = await drain(tensors, 2)
+    pool.shutdown()
+    assert [m.value for m in messages] == [b"", b""]  # the pixels are not in the messages
+    assert {dict(m.headers)["imgflow-pixels"] for m in messages} == {IN_MONGO}
+    assert db.tensors.count_documents({"px": {"$exists": True}}) == 2
+
+    db.tensors.delete_one({"_id": {"$regex": "^blue"}})  # expired before classify came back
+    out, predictions = channel()
+    bad, failed = channel()
+    models = ModelCache(ThreadPoolExecutor(1), max_models=1)
+    classifier = run_in_agent(lambda: classify.stage(models, output=out, failures=bad, tensors=pixels))
+    async with classifier.test_context() as a:
+        for m in messages:
+            await a.put(m.value, key=m.key, headers=list(m.headers.items()), wait=False)
+        [prediction] = await drain(predictions, 1, timeout=120)
+        [gone] = [parse(Failure, e.value) for e in await drain(failed, 1)]
+        for m in messages:  # redelivered after a crash: the red one was classified already
+            await a.put(m.value, key=m.key, headers=list(m.headers.items()), wait=False)
+        again = [parse(Failure, e.value) for e in await drain(failed, 1)]
+        # Both redelivered messages were handled by now (one agent, in order): no second prediction.
+        with pytest.raises(asyncio.TimeoutError):
+            await predictions.get(timeout=0.1)
+    p = parse(Prediction, prediction.value)
+    assert (p.image_id, p.label) == ("red.png", "red")
+    assert (gone.image_id, gone.stage, gone.kind, gone.path) == (
+        "blue.png",
+        "classify",
+        "tensor_gone",
+        str(roots / "blue.png"),
+    )
+    assert [f.image_id for f in again] == ["blue.png"]
+    done = db.tensors.find_one({"_id": {"$regex": "^red"}})
+    assert done["done"] is True and "px" not in done  # the pixels dropped, a tombstone kept
+    client.drop_database(db.name)
+    client.close()
 
 
 def prediction(image_id: str, label: str = "cat") -> bytes:
