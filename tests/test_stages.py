@@ -210,7 +210,7 @@ async def test_pixels_beside_the_message_are_classified_once_and_an_expired_one_
         str(roots / "blue.png"),
     )
     assert [f.image_id for f in again] == ["blue.png"]
-    done = db.tensors.find_one({"_id": {"$regex": "^red"}})
+    done = db.tensors.find_one({"_id": {"$regex": "^red"}}) or {}
     assert done["done"] is True and "px" not in done  # the pixels dropped, a tombstone kept
     client.drop_database(db.name)
     client.close()
