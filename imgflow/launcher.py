@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         embedded_broker = not os.environ.get("BROKER_URL")
+        if embedded_broker:
+            # The embedded broker keeps every record in memory, without retention: the pixels
+            # travel beside the messages, in MongoDB (imgflow/tensors.py), unless told otherwise.
+            stack.env["IMGFLOW_TENSOR_STORE"] = os.environ.get("IMGFLOW_TENSOR_STORE", "mongo")
         start_infrastructure(stack, settings)
         ensure_model(settings)
         from simulator.dataset import write_dataset
