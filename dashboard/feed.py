@@ -22,6 +22,7 @@ import param
 from dashboard.queries import get_db
 from dashboard.stats import counted, data_stamp, throughput, totals
 from dashboard.workers import configured_headers, configured_urls, fetch_counts, worker_health
+from imgflow import notices
 from imgflow.tally import sweep
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class LiveFeed(param.Parameterized):
     workers = param.List(default=[], doc="worker_health() rows.")
     stats = param.Dict(default={}, doc="throughput() plus totals().")
     db_error = param.String(default="")
+    notices = param.List(default=[], doc="Warnings posted for the people watching (imgflow.notices).")
     version = param.Integer(default=0, doc="Bumped when stored data or user state changed.")
     refreshed_at = param.Number(default=0.0, doc="Set at the end of every refresh; sessions watch it.")
 
@@ -99,6 +101,7 @@ class LiveFeed(param.Parameterized):
             snap["stats"] = stats
             snap["counts_at"] = counts
             snap["stamp"] = data_stamp(self.db, counts)
+            snap["notices"] = [d.get("message", "") for d in notices.current(self.db)]
             snap["db_error"] = ""
         except Exception as exc:  # pymongo errors: show them, keep the last numbers
             snap["db_error"] = f"MongoDB: {type(exc).__name__}: {exc}"
@@ -114,6 +117,8 @@ class LiveFeed(param.Parameterized):
         if snap["counts_ok"]:
             update["counts"] = snap["counts_body"]
             update["counts_url"] = snap["counts_url"]
+        if "notices" in snap:
+            update["notices"] = snap["notices"]
         if "stats" in snap:
             update["stats"] = snap["stats"]
             self.counted = snap["counts_at"]

@@ -244,6 +244,7 @@ class ThroughputView(Viewer):
             else NONE
         )
         error = f' · <span class="down">{esc(self.feed.db_error)}</span>' if self.feed.db_error else ""
+        error += "".join(f'<br><span class="down">⚠ {esc(note)}</span>' for note in self.feed.notices)
         body = " &nbsp; ".join(rows) or "no worker URLs configured (IMGFLOW_WORKER_URLS)"
         return meta(f"workers: {body} · refreshed {refreshed}{error}")
 

@@ -48,6 +48,8 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
+    #: Called with every exit check (about once a second): the broker memory watch.
+    checks: list[Callable[[], None]] = field(default_factory=list)
 
     def spawn(self, name: str, argv: list[str], port: int = 0, env: dict[str, str] | None = None) -> Service:
         svc = Service(name, port, self.home / "logs" / f"{name}.log")
@@ -64,12 +66,65 @@ class Stack:
                 print(
                     f"!! {svc.name} (pid {svc.pid}) exited with code {code}; see {svc.log_path}", flush=True
                 )
+        for check in self.checks:
+            check()
 
     def stop(self) -> None:
         for svc in reversed(self.services):
             log.info("stopping %s (pid %s)", svc.name, svc.pid)
             svc.stop(timeout=15)
         self.services.clear()
+
+
+@dataclass
+class BrokerMemoryWatch:
+    """Say so (in this output and on the dashboard) when the embedded broker nears its memory limit.
+
+    The embedded broker keeps every record in memory (DESIGN section 8): checked every
+    ``every`` seconds; warned at ``warn_mb`` and again each time it grew another 10%.
+    """
+
+    pid: int
+    warn_mb: float
+    mongo_url: str
+    db_name: str
+    every: float = 10.0
+    _due: float = 0.0
+    _warned_mb: float = 0.0
+
+    def __call__(self) -> None:
+        import psutil
+
+        from imgflow import notices
+
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.every
+        try:
+            rss_mb = psutil.Process(self.pid).memory_info().rss / 1e6
+        except psutil.Error:
+            return
+        message = notices.broker_memory(rss_mb, self.warn_mb)
+        if message is None or rss_mb < self._warned_mb * 1.1:
+            return
+        self._warned_mb = rss_mb
+        print(f"!! {message}", flush=True)
+        from imgflow.mongo import connect
+
+        client = connect(self.mongo_url, serverSelectionTimeoutMS=2000)
+        try:
+            notices.post(client[self.db_name], "broker-memory", message)
+        except Exception as exc:  # the output has it; the dashboard is a second channel
+            log.warning("could not post the broker memory notice: %s", exc)
+        finally:
+            client.close()
+
+
+def broker_warn_mb(settings: Settings) -> float:
+    import psutil
+
+    return settings.broker_memory_warn_mb or psutil.virtual_memory().total / 1e6 / 4
 
 
 def start_infrastructure(stack: Stack, settings: Settings) -> None:
@@ -151,6 +206,18 @@ def main(argv: list[str] | None = None) -> int:
             # travel beside the messages, in MongoDB (imgflow/tensors.py), unless told otherwise.
             stack.env["IMGFLOW_TENSOR_STORE"] = os.environ.get("IMGFLOW_TENSOR_STORE", "mongo")
         start_infrastructure(stack, settings)
+        broker = next((svc for svc in stack.services if svc.name == "tansu"), None)
+        if broker is not None and broker.pid is not None:
+            from imgflow import notices
+            from imgflow.mongo import connect
+
+            client = connect(stack.env["MONGO_URL"])
+            notices.clear(client[settings.mongo_db], "broker-memory")  # a new broker starts empty
+            client.close()
+            watch = BrokerMemoryWatch(
+                broker.pid, broker_warn_mb(settings), stack.env["MONGO_URL"], settings.mongo_db
+            )
+            stack.checks.append(watch)
         ensure_model(settings)
         from simulator.dataset import write_dataset
 

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     #: memory: ``make demo`` uses mongo). ``tensor_ttl``: how long unclaimed pixels are kept.
     tensor_store: Literal["kafka", "mongo"] = Field("kafka", validation_alias=_env("IMGFLOW_TENSOR_STORE"))
     tensor_ttl: float = Field(24 * 3600.0, gt=0, validation_alias=_env("IMGFLOW_TENSOR_TTL"))
+    #: ``make demo`` warns (output and dashboard) when the embedded broker's memory passes this
+    #: many MB; 0: a quarter of this machine's memory.
+    broker_memory_warn_mb: float = Field(0.0, ge=0, validation_alias=_env("IMGFLOW_BROKER_MEMORY_WARN_MB"))
 
     # Live counts
     #: Faust table store: ``rocksdb://`` keeps tables on local disk, so a restarted worker reads

@@ -1087,3 +1087,32 @@ def test_importing_the_dashboard_connects_to_nothing():
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_broker_memory_notice_says_what_to_do_only_past_the_limit():
+    from imgflow import notices
+
+    assert notices.broker_memory(900, 1000) is None
+    message = notices.broker_memory(1500, 1000)
+    assert message and "1,500 MB" in message and "Apache Kafka" in message
+
+
+@e2e
+def test_the_launcher_warns_on_the_dashboard_when_the_broker_grows(db, mongo_url: str, capsys):
+    """The watch reads a process's memory (here this test's own) and posts once per 10% growth."""
+    import os
+
+    from imgflow import notices
+    from imgflow.launcher import BrokerMemoryWatch
+
+    watch = BrokerMemoryWatch(os.getpid(), warn_mb=1.0, mongo_url=mongo_url, db_name=db.name, every=0.0)
+    watch()
+    watch()  # no growth since: said once
+    assert capsys.readouterr().out.count("!! The embedded Kafka broker holds") == 1
+    feed = LiveFeed(db=db, worker_urls=[])
+    feed.apply(feed.collect())
+    assert len(feed.notices) == 1 and "embedded Kafka broker" in feed.notices[0]
+    assert "⚠ The embedded Kafka broker holds" in ThroughputView(feed=feed).workers_html()
+    notices.clear(db, "broker-memory")
+    feed.apply(feed.collect())
+    assert feed.notices == []
