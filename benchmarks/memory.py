@@ -155,6 +155,9 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="imgflow-memory-"))
     env = {**os.environ, "IMGFLOW_HOME": str(home)}
+    built = ROOT / "var" / "models" / "efficientnet-lite0" / "model.toml"
+    if "IMGFLOW_MODEL" not in env and built.exists():
+        env["IMGFLOW_MODEL"] = str(built)  # the model `make model` built, not a rebuild per run
     for name in ("BROKER_URL", "MONGO_URL"):  # the embedded services: the point of the run
         env.pop(name, None)
     argv = [sys.executable, "-m", "imgflow.launcher", "demo", "--quiet"]
@@ -193,7 +196,9 @@ def main() -> int:
                 print(f"  {t / 60:5.1f} min  {sample['images'] or 0:>7,} images  MB: {rss}", flush=True)
             time.sleep(max(0.0, args.interval - (time.monotonic() - started - t)))
     finally:
-        launcher.send_signal(signal.SIGINT)
+        # SIGTERM: the launcher stops everything it started (SIGINT is ignored by a process
+        # started in the background by a non-interactive shell, as under nohup).
+        launcher.send_signal(signal.SIGTERM)
         try:
             launcher.wait(60)
         except subprocess.TimeoutExpired:
