@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C too, explicitly: a process started in the background by a non-interactive shell
+    # (nohup, CI scripts) inherits SIGINT ignored, and Python then leaves it ignored.
+    signal.signal(signal.SIGINT, on_signal)
     try:
         embedded_broker = not os.environ.get("BROKER_URL")
         if embedded_broker:
