@@ -406,6 +406,9 @@ def main() -> None:
             entry["totals_exact"] = exact
             if args.before and size <= args.before_max:
                 entry["before"] = measure_with(args.before, mongo.url, "bench", args.repeat)
+            elif "before" in results["by_size"].get(str(size), {}):  # measured by an earlier run: kept
+                entry["before"] = results["by_size"][str(size)]["before"]
+                entry["before_from"] = results["by_size"][str(size)].get("when")
             results["by_size"][str(size)] = entry
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2, default=str))

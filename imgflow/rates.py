@@ -21,7 +21,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from pymongo import ASCENDING, IndexModel
+
 COLLECTION = "rates"
+#: Intervals are read by ``t`` (their start, = ``_id``): the embedded server scans the whole
+#: collection for a range on ``_id`` (measured: 58 ms for 59 of 952 intervals; a day keeps
+#: 8,640) but reads an indexed field's range only.
+INDEXES = [IndexModel([("t", ASCENDING)], name="t")]
 BUCKET_SECONDS = 10
 BINS_PER_DECADE = 20
 #: How long intervals are kept (the dashboard reads minutes back).
@@ -53,8 +59,14 @@ def record(db: Any, at: datetime, stored: Iterable[float] = ()) -> None:
     bins = Counter(bin_of(now - t) for t in submitted if t)
     inc: dict[str, int] = {"stored": len(submitted)}
     inc.update({f"lat.{b}": n for b, n in bins.items()})
-    update = {"$inc": {k: v for k, v in inc.items() if v}, "$min": {"first": now}, "$max": {"last": now}}
-    result = db[COLLECTION].update_one({"_id": bucket_of(now)}, update, upsert=True)
+    bucket = bucket_of(now)
+    update = {
+        "$inc": {k: v for k, v in inc.items() if v},
+        "$min": {"first": now},
+        "$max": {"last": now},
+        "$set": {"t": bucket},
+    }
+    result = db[COLLECTION].update_one({"_id": bucket}, update, upsert=True)
     if result.upserted_id is not None:  # a new interval: drop the ones nobody reads any more
         prune(db, now - KEEP_SECONDS)
 
@@ -70,13 +82,14 @@ def record_failures(db: Any, failed_at: Iterable[float]) -> None:
             "$inc": {"failed": len(times)},
             "$min": {"ffirst": min(times)},
             "$max": {"flast": max(times)},
+            "$set": {"t": bucket},
         }
         db[COLLECTION].update_one({"_id": bucket}, update, upsert=True)
 
 
 def window(db: Any, since: float) -> list[dict[str, Any]]:
     """The intervals that start at or after ``since`` (epoch seconds): one indexed range read."""
-    return list(db[COLLECTION].find({"_id": {"$gte": bucket_of(since)}}))
+    return list(db[COLLECTION].find({"t": {"$gte": bucket_of(since)}}))
 
 
 def percentile(histogram: Counter[int], q: float) -> float | None:
@@ -103,7 +116,7 @@ def histogram(docs: Iterable[dict[str, Any]]) -> Counter[int]:
 
 def prune(db: Any, older_than: float) -> int:
     """Drop intervals before ``older_than`` (epoch seconds); the dashboard reads minutes back."""
-    return db[COLLECTION].delete_many({"_id": {"$lt": bucket_of(older_than)}}).deleted_count
+    return db[COLLECTION].delete_many({"t": {"$lt": bucket_of(older_than)}}).deleted_count
 
 
 class History:
@@ -156,7 +169,7 @@ class History:
         if self.low < top - self.keep:
             return False
         low = self.low - self.window
-        docs = self.db[COLLECTION].find({"_id": {"$gte": bucket_of(low), "$lt": bucket_of(self.low)}})
+        docs = self.db[COLLECTION].find({"t": {"$gte": bucket_of(low), "$lt": bucket_of(self.low)}})
         first, last = ("first", "last") if self.key == "stored" else ("ffirst", "flast")
         found = sorted(
             (

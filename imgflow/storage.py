@@ -361,6 +361,8 @@ def upgrade(db: Any, progress: Callable[[int, int], None] | None = None) -> dict
     from imgflow.tally import rebuild
 
     ensure_indexes(db)
+    # Rate intervals written before they carried their start as an indexed field (imgflow.rates).
+    db[rates.COLLECTION].update_many({"t": {"$exists": False}}, [{"$set": {"t": "$_id"}}])
     ranges = id_ranges()
     fields = {"label": 1, "feedback.label": 1, "elabel": 1, "source": 1, "model": 1, "model_version": 1}
     labelled = 0
@@ -385,7 +387,7 @@ def upgrade(db: Any, progress: Callable[[int, int], None] | None = None) -> dict
 
 
 def ensure_indexes(db: Any) -> None:
-    for indexes in (INDEXES, TALLY_INDEXES):
+    for indexes in (INDEXES, TALLY_INDEXES, {rates.COLLECTION: rates.INDEXES}):
         for name, models in indexes.items():
             db[name].create_indexes(models)
 

@@ -525,16 +525,20 @@ def test_throughput_and_latency_from_mongodb_timestamps(db, tmp_path: Path):
         image_id="f1", stage="decode", kind="empty_file", message="empty", failed_at=now.timestamp() - 5
     )
     store_failures(db, [failure])
+    early = Failure(  # alone in its interval: no result was stored then
+        image_id="f0", stage="decode", kind="empty_file", message="empty", failed_at=now.timestamp() - 280
+    )
+    store_failures(db, [early])
 
     numbers = stats.throughput(db, minutes=5, now=now)
-    assert numbers["stored"] == 20 and numbers["failed"] == 1
+    assert numbers["stored"] == 20 and numbers["failed"] == 2
     assert numbers["stored_per_s"] == pytest.approx(20 / 300)
-    assert numbers["failed_per_s"] == pytest.approx(1 / 300)
+    assert numbers["failed_per_s"] == pytest.approx(2 / 300)
     # From a histogram with bins 12% wide (imgflow.rates): within 6% of the exact values.
     assert numbers["p50"] == pytest.approx(1.0, rel=0.07)
     assert numbers["p95"] == pytest.approx(1.9, rel=0.07)
     assert sum(numbers["series"]["stored_per_s"]) * numbers["bucket"] == pytest.approx(20)
-    assert stats.totals(db) == {"images": 21, "failures": 1, "hidden": 0, "corrected": 0}
+    assert stats.totals(db) == {"images": 21, "failures": 2, "hidden": 0, "corrected": 0}
 
     view = ThroughputView(feed=LiveFeed(db=db, worker_urls=[]))
     view.feed.stats = {**numbers, "totals": stats.totals(db)}
@@ -542,7 +546,7 @@ def test_throughput_and_latency_from_mongodb_timestamps(db, tmp_path: Path):
     tiles = dict((name, value) for name, value, _bad in view.kpis())
     p50, p95 = (f"{numbers[p]:.2f} s" for p in ("p50", "p95"))
     assert tiles["p50 publish→stored"] == p50 and tiles["p95 publish→stored"] == p95
-    assert tiles["images stored"] == "21" and tiles["failures"] == "1"
+    assert tiles["images stored"] == "21" and tiles["failures"] == "2"
     assert p95 in view.tiles.object
     assert view.kpis()[0][1] == "0.07"
 
@@ -700,6 +704,16 @@ def test_pages_read_ranges_sized_by_the_rates_with_one_index_per_query(db, mongo
         for sent in finds.filters:
             fields = set(sent) - {"updated_at"}
             assert "$and" not in sent and fields in allowed, sent  # the rest is checked client-side
+    finally:
+        client.close()
+
+    # The rate intervals are read by their indexed start: a range on _id is a collection scan here.
+    intervals = Finds("rates")
+    client = MongoClient(mongo_url, tz_aware=True, event_listeners=[intervals])
+    try:
+        LiveFeed(db=client[db.name], worker_urls=[]).collect()
+        DataStore(db=client[db.name], roots=[tmp_path], page_size=10).load_images()
+        assert intervals.filters and all(set(f) == {"t"} for f in intervals.filters), intervals.filters
     finally:
         client.close()
 

@@ -199,6 +199,7 @@ async def test_upgrade_brings_an_older_database_to_what_the_sink_writes_now(stor
     db.images.update_many({}, {"$unset": {"elabel": ""}})
     db.choices.drop()
     db.counters.drop()
+    db.rates.update_many({}, {"$unset": {"t": ""}})
     assert totals(db)["images"] == 0
 
     env = {**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": db.name}
@@ -212,6 +213,7 @@ async def test_upgrade_brings_an_older_database_to_what_the_sink_writes_now(stor
     }
     assert db.images.find_one({"_id": "u1"})["elabel"] == "lynx"  # the correction wins
     assert db.images.find_one({"_id": "u0"})["elabel"] == "tabby"
+    assert db.rates.count_documents({}) > 0 and all(d["t"] == d["_id"] for d in db.rates.find())
     kinds = {(d["kind"], d["value"]) for d in db.choices.find()}
     assert {("label", "lynx"), ("label", "espresso"), ("model", "net:2.0"), ("source", "test")} <= kinds
 
