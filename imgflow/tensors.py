@@ -35,6 +35,7 @@ IN_MONGO = b"mongo"
 #: Tombstones and unclaimed pixels are dropped this often at most (seconds).
 PRUNE_EVERY = 60.0
 
+#: Created with the others at a worker's start (``imgflow.storage.ensure_indexes``).
 INDEXES = [IndexModel([("at", ASCENDING)], name="at")]
 
 
@@ -52,14 +53,10 @@ class TensorStore:
     def __init__(self, db: Any, ttl: float) -> None:
         self.collection = db[COLLECTION]
         self.ttl = ttl
-        self._indexed = False
         self._pruned_at = 0.0
 
     def put(self, blobs: Iterable[tuple[str, bytes]]) -> None:
         """Store pixels by blob id; writing one again (a redelivered decode) changes nothing."""
-        if not self._indexed:
-            self.collection.create_indexes(INDEXES)
-            self._indexed = True
         now = time.time()
         docs = [{"_id": key, "px": Binary(pixels), "at": now} for key, pixels in blobs]
         if not docs:

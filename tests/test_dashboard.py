@@ -595,6 +595,18 @@ def test_pages_are_newest_first_and_a_filter_change_starts_again(db, seeded):
     assert store.page == 0 and len(store.images) == 2
 
 
+def every_page(store: DataStore, check: Any = None) -> list[str]:
+    """The ids of every page from the current one to the oldest, clicking Older (``check`` on each)."""
+    seen: list[str] = []
+    while True:
+        seen += [d["_id"] for d in store.images]
+        if check is not None:
+            assert check()
+        if not store.has_older:
+            return seen
+        store.page += 1
+
+
 @e2e
 def test_keyset_pages_walk_every_image_once_across_batches_and_hours(db, tmp_path: Path):
     """Pages read time ranges (widening from seconds to hours), and batches share one time."""
@@ -613,24 +625,13 @@ def test_keyset_pages_walk_every_image_once_across_batches_and_hours(db, tmp_pat
         expected += [(f"b{b:02d}-{i}", labels[i]) for i in range(5)]  # newest batch first, then _id
     store = DataStore(db=db, roots=[tmp_path], page_size=7)
     store.refresh()
-    seen = []
-    while True:
-        seen += [d["_id"] for d in store.images]
-        assert store.total == 60 and not store.total_capped
-        if not store.has_older:
-            break
-        store.page += 1
+    seen = every_page(store, check=lambda: store.total == 60 and not store.total_capped)
     assert seen == [image_id for image_id, _ in expected]
     store.page = 0
     store.page = 5  # a jump walks forward from the last known page
     assert [d["_id"] for d in store.images] == seen[35:42]
     store.label = "espresso"
-    espresso = []
-    while True:
-        espresso += [d["_id"] for d in store.images]
-        if not store.has_older:
-            break
-        store.page += 1
+    espresso = every_page(store)
     assert espresso == [image_id for image_id, label in expected if label == "espresso"]
     assert store.total == len(espresso)
 
@@ -692,12 +693,7 @@ def test_pages_read_ranges_sized_by_the_rates_with_one_index_per_query(db, mongo
         finds.filters.clear()
         store.param.update(label="rare", source="upload", score=(0.5, 1.0))
         want = [p for p in newest_first if p.label == "rare" and p.source == "upload" and p.score >= 0.5]
-        seen = []
-        while True:
-            seen += [d["_id"] for d in store.images]
-            if not store.has_older:
-                break
-            store.page += 1
+        seen = every_page(store)
         assert want and seen == [p.image_id for p in want]
         assert store.total == len(want)
         allowed = [{"elabel"}, {"model", "model_version"}, {"source"}, set()]
