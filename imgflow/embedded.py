@@ -54,6 +54,8 @@ class Service:
     port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    #: Seconds between SIGTERM and SIGKILL when stop() is not told otherwise.
+    grace: float = 15.0
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
@@ -80,15 +82,23 @@ class Service:
             self.proc.kill()
             self.proc.wait(10)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, ``timeout`` (else ``grace``) seconds to finish, then SIGKILL. Never raises: a
+        stack's stop goes on to the next service whatever this one did, and says what it could not stop."""
+        timeout = self.grace if timeout is None else timeout
         if self.proc and self.proc.poll() is None:
+            began = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
+                log.info("stopped %s in %.1fs", self.name, time.monotonic() - began)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %.0fs; killing", self.name, timeout)
                 self.proc.kill()
-                self.proc.wait(10)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    log.error("%s (pid %d) still running after SIGKILL", self.name, self.proc.pid)
         if self._log:
             self._log.close()
             self._log = None
@@ -173,6 +183,9 @@ def start_broker(log_dir: Path, port: int | None = None, timeout: float = 30.0) 
 @dataclass
 class Mongo(Service):
     storage_path: Path = Path()
+    #: WiredTiger checkpoints everything still in cache on the way out: killing it mid-way
+    #: costs a recovery at the next start, so it gets longer than a worker.
+    grace: float = 60.0
 
     @property
     def url(self) -> str:

@@ -72,7 +72,7 @@ class Stack:
     def stop(self) -> None:
         for svc in reversed(self.services):
             log.info("stopping %s (pid %s)", svc.name, svc.pid)
-            svc.stop(timeout=15)
+            svc.stop()
         self.services.clear()
 
 
@@ -196,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     stopping = asyncio.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
+        # The first Ctrl-C (or SIGTERM) stops everything; more of them while that runs are
+        # noted, not raised into the middle of the stop (which would leave children running).
+        signal.signal(signal.SIGTERM, still_stopping)
+        signal.signal(signal.SIGINT, still_stopping)
         raise KeyboardInterrupt
+
+    def still_stopping(signum: int, _frame: object) -> None:
+        print("already stopping; waiting for every service to exit", flush=True)
 
     signal.signal(signal.SIGTERM, on_signal)
     # Ctrl-C too, explicitly: a process started in the background by a non-interactive shell

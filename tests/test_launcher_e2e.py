@@ -55,6 +55,7 @@ def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_m
     )
     lines: list[str] = []
     first_result = threading.Event()
+    stopping = threading.Event()
     started = time.monotonic()
     elapsed: list[float] = []
 
@@ -65,6 +66,8 @@ def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_m
             if line.startswith("stored ") and not first_result.is_set():
                 elapsed.append(time.monotonic() - started)
                 first_result.set()
+            if line.startswith("stopping..."):
+                stopping.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -73,7 +76,13 @@ def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_m
         print(f"demo: first stored result {elapsed[0]:.1f}s after the launcher started")
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        proc.wait(120)
+        # An impatient second Ctrl-C while it stops must not cut the stop short.
+        if stopping.wait(60) and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            second = True
+        else:
+            second = False
+        proc.wait(180)
         reader.join(10)
     pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", "".join(lines))]
     names = re.findall(r"started (\S+) \(pid \d+\)", "".join(lines))
@@ -82,5 +91,19 @@ def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_m
     assert not [p for p in pids if alive(p)], "children left running after Ctrl-C"
     out = "".join(lines)
     assert "imgflow demo is running" in out and "stopping..." in out
+    assert not second or "already stopping" in out, out
     assert "!!" not in out, out  # no child (worker, watcher, simulator...) died on its own
     assert (tmp_path / "var" / "dataset").is_dir()
+
+
+def test_a_service_that_ignores_sigterm_is_killed_and_stop_goes_on(tmp_path: Path):
+    from imgflow.embedded import Service
+
+    stubborn = Service("stubborn", 0, tmp_path / "stubborn.log", grace=0.5)
+    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    stubborn.start([sys.executable, "-c", ignore_term])
+    assert stubborn.proc is not None
+    time.sleep(0.5)  # let it install its handler
+    stubborn.stop()  # must not raise
+    assert stubborn.proc.returncode == -signal.SIGKILL
+    stubborn.stop()  # idempotent
