@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def stored_events(preds: list[Prediction], stored_at: float) -> list[tuple[str, bytes]]:
+    """Stored events keyed by label: ``imgflow-stored`` is partitioned as the label tables are,
+    so the counting agent reads it directly (no repartition topic: one record and one hop less
+    per image)."""
     return [
         (
-            p.image_id,
+            p.label,
             dumps(
                 Stored(
                     image_id=p.image_id,

@@ -1,31 +1,36 @@
 """Live label counts: windowed Faust tables fed from ``imgflow-stored``.
 
-Stored results are repartitioned by label (``group_by``), so each worker owns
-the labels whose partitions it holds, and the changelogs are partitioned by
-label. Two tables share those partitions:
+The store stage keys each stored result by its label (agents/store.py), so
+``imgflow-stored`` is partitioned by label like the tables' changelogs: each
+worker owns the labels whose partitions it holds, and counts them straight from
+the topic (no repartition topic). Two tables share those partitions:
 
-- ``label_counts``: label -> images stored in the window;
-- ``label_model_counts``: "label<TAB>model:version" -> the same, per model, so a
-  replay with a new model version can be told apart;
+- ``label_model_counts``: "label<TAB>model:version" -> images stored in the
+  window by that model version (a replay with a new version can be told apart);
+  a label's count is the sum over its versions;
 - ``label_counted``: which (label, model, image) each window has counted, so a
   redelivered result is counted once.
 
+Each stored image is two changelog records: the embedded broker keeps every
+record in memory, about 1 KB each beyond its bytes (DESIGN section 8), so a
+table per label on top of the per-version one was dropped.
+
 A result is counted in the window of its *request* (``Stored.submitted_at``, when
 its path was published), not of the message that carried it: a redelivered or
-re-stored result (a worker killed before it committed) is re-published into the
-repartition topic with a new timestamp, possibly in a later window, where the
+re-stored result (a worker killed before it committed) is re-published into
+``imgflow-stored`` with a new timestamp, possibly in a later window, where the
 window's ``label_counted`` could not know it and the image was counted twice.
 Its request time never changes, so every copy lands in the same window. (Live,
 request and storage times differ by the chain's latency; a replay is a new
 request.)
 
-**Exactly once across crashes.** One stored result touches three keys, and each
+**Exactly once across crashes.** One stored result touches two keys, and each
 write is its own changelog record: a worker killed between them leaves a prefix
 of the writes, and its partition is recovered elsewhere with, say, the image
 marked counted but its count not incremented (the soak measured 1,999 counted
 of 2,000 stored). So every write is idempotent on its own, keyed by the
 position of the event that caused it. All keys of one label live on one
-partition of the repartition topic, whose events a worker counts in offset
+partition of ``imgflow-stored``, whose events a worker counts in offset
 order: a count's value is ``[count, position of the last event it counted]``
 and is incremented only for a later position; ``label_counted`` holds the
 position that counted the image. A redelivery of the same event (same
@@ -54,7 +59,6 @@ from imgflow.topics import stored_topic
 log = logging.getLogger(__name__)
 
 SEP = "\t"
-MALFORMED = b"\x00malformed"
 
 
 def request_time(event: EventT[Any] | None) -> float:
@@ -97,7 +101,6 @@ def windowed_counter(name: str, help: str, *, pairs: bool = False) -> WindowWrap
     return by_request
 
 
-label_counts = windowed_counter("label_counts", "Images stored per label per window.", pairs=True)
 label_model_counts = windowed_counter(
     "label_model_counts", "Images stored per label and model version per window.", pairs=True
 )
@@ -149,14 +152,6 @@ async def schedule_expiry(table: Any) -> None:
             await asyncio.sleep(0)  # keep heart-beating through a large table
 
 
-def label_key(value: bytes) -> bytes:
-    """The repartition key: the stored result's label."""
-    try:
-        return parse(Stored, value).label.encode()
-    except MalformedMessage:
-        return MALFORMED
-
-
 def partition_of(label: str, partitions: int = settings.partitions) -> int:
     """The partition that owns ``label`` (Kafka's default murmur2 partitioner)."""
     hashed: int = murmur2(label.encode())  # aiokafka is untyped
@@ -165,9 +160,8 @@ def partition_of(label: str, partitions: int = settings.partitions) -> int:
 
 @app.agent(stored_topic)
 async def count_labels(stream: StreamT[bytes]) -> None:
-    # `partitions` is accepted by the concrete Stream, not declared by StreamT.
-    by_label = stream.group_by(label_key, name="label", partitions=settings.partitions)  # type: ignore[call-arg]
-    async for event in by_label.events():
+    # imgflow-stored is keyed by label (agents/store.py): its partitions are the tables'.
+    async for event in stream.events():
         try:
             stored = parse(Stored, event.value)
         except MalformedMessage as exc:
@@ -181,7 +175,6 @@ async def count_labels(stream: StreamT[bytes]) -> None:
             continue
         # Each write below is one changelog record, idempotent by itself (module docstring).
         counted[seen_key] = position
-        label_counts[stored.label].apply(count_once, position)
         label_model_counts[model_key].apply(count_once, position)
         METRICS.counted.inc()
 
@@ -212,13 +205,12 @@ def local_counts(partitions: set[int] | None = None) -> dict[tuple[float, float]
             windows[span] = Window(start=span[0], end=span[1])
         return windows[span]
 
-    for (label, span), value in list(label_counts.table.data.items()):
-        if partitions is None or partition_of(label) in partitions:
-            window(tuple(span)).counts[label] = count_of(value)
     for (key, span), value in list(label_model_counts.table.data.items()):
         label, _, model = key.partition(SEP)
         if partitions is None or partition_of(label) in partitions:
-            window(tuple(span)).by_model[model][label] = count_of(value)
+            w, n = window(tuple(span)), count_of(value)
+            w.by_model[model][label] = n
+            w.counts[label] = w.counts.get(label, 0) + n
     return windows
 
 

@@ -254,6 +254,8 @@ async def test_store_writes_then_emits_one_stored_event_per_prediction(mongo_url
         [malformed] = await drain(failed, 1)
     await sink.close()
     assert sorted(json.loads(e.value)["image_id"] for e in events) == ["a", "b"]
+    # Keyed by label: imgflow-stored is partitioned as the label tables are (tables/label_counts.py).
+    assert sorted(e.key for e in events) == [b"cat", b"dog"]
     assert parse(Failure, malformed.value).kind == "malformed_message"
     db = connect(mongo_url)[db_name]
     assert {d["_id"]: d["label"] for d in db.images.find({}, {"label": 1})} == {"a": "cat", "b": "dog"}

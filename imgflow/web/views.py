@@ -9,7 +9,7 @@
 Who may call them: imgflow/web/auth.py (``IMGFLOW_API_TOKEN``, ``IMGFLOW_API_PROTECT_READS``).
 
 ``/counts/`` fans out: it reads the partition assignment every member shares
-through Faust's assignor (url -> changelog partitions of ``label_counts``),
+through Faust's assignor (url -> changelog partitions of the label tables),
 answers its own partitions in process and asks each other owner, in parallel,
 only for the partitions it owns. The parts are disjoint by construction, so
 merging is a sum. A missing owner makes the answer ``complete: false`` with
@@ -39,9 +39,9 @@ def _norm(url: Any) -> str:
 
 def owners() -> dict[str, set[int]]:
     """url -> partitions of the label tables it actively owns (from the assignor)."""
-    from tables.label_counts import label_counts
+    from tables.label_counts import label_model_counts
 
-    table = label_counts.table
+    table = label_model_counts.table
     topic = table.changelog_topic.get_topic_name()
     result: dict[str, set[int]] = {}
     for url, topics in app.router.table_metadata(table.name).items():
