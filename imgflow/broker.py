@@ -57,3 +57,26 @@ async def wait_for_broker(
         await sleep(delay)
         delay = min(delay * 2, max_delay)
         attempt += 1
+
+
+async def backlog(bootstrap_servers: str | list[str], group: str, topics: list[str], partitions: int) -> int:
+    """Records on ``topics`` that consumer group ``group`` has not committed past yet.
+
+    Asked of the broker (committed offsets against end offsets), without joining the group:
+    the launcher's test that a chain is drained. Exact on the embedded broker because every
+    record is its own batch there (DESIGN section 8: ``end_offsets`` is off by a batch otherwise).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        waiting = 0
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            waiting += max(0, ends.get(tp, 0) - (committed or 0))
+        return waiting
+    finally:
+        await consumer.stop()

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +52,81 @@ class Stack:
     #: Called with every exit check (about once a second): the broker memory watch.
     checks: list[Callable[[], None]] = field(default_factory=list)
 
+    #: The embedded broker's memory watch, if the launcher started the broker.
+    watch: BrokerMemoryWatch | None = None
+    #: How each spawned child was started (name -> argv, port, extra env), to start it again.
+    specs: dict[str, tuple[list[str], int, dict[str, str]]] = field(default_factory=dict)
+
     def spawn(self, name: str, argv: list[str], port: int = 0, env: dict[str, str] | None = None) -> Service:
+        self.specs[name] = (argv, port, env or {})
         svc = Service(name, port, self.home / "logs" / f"{name}.log")
         svc.start(argv, env={**self.env, **(env or {})})
         self.services.append(svc)
         return svc
+
+    def named(self, *prefixes: str) -> list[Service]:
+        return [svc for svc in self.services if svc.name.startswith(prefixes)]
+
+    def retire(self, svc: Service) -> None:
+        log.info("stopping %s (pid %s)", svc.name, svc.pid)
+        svc.stop()
+        self.services.remove(svc)
+        self.reported.discard(svc.name)
+
+    def roll_broker(self, settings: Settings, drain_timeout: float = 300.0) -> Service:
+        """Swap the embedded broker for a fresh one, losing nothing that was submitted.
+
+        The embedded broker keeps every record in memory without retention (DESIGN section 8),
+        so a long demo would fill the machine. Every result is durable in MongoDB once stored,
+        so the launcher stops the inputs (watcher, simulator), waits until the workers have
+        committed past every record of the chain, stops them, starts an empty broker on the same
+        port, clears the workers' table state (it belongs to the old changelogs) and starts
+        everything again. The watcher's journal and the simulator pick up where they were;
+        the live window counts start again (the totals are MongoDB's).
+        """
+        [broker] = self.named("tansu")
+        inputs = self.named("watcher", "simulator")
+        workers = self.named("worker")
+        for svc in inputs:
+            self.retire(svc)
+        left = wait_drained(self.env["BROKER_URL"], settings, drain_timeout)
+        if left:
+            # A worker that cannot go on (see its log): the machine's memory comes first.
+            print(
+                f"!! the chain did not drain in {drain_timeout:.0f}s ({left} records not yet processed "
+                "are lost with the old broker); rolling over anyway",
+                flush=True,
+            )
+        for svc in workers:
+            self.retire(svc)
+        index = self.services.index(broker)
+        self.retire(broker)
+        fresh = start_broker(self.home / "logs", port=broker.port)
+        self.services.insert(index, fresh)
+        for svc in workers:
+            data_dir = self.specs[svc.name][2].get("IMGFLOW_DATA_DIR")
+            if data_dir:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            argv, port, env = self.specs[svc.name]
+            self.spawn(svc.name, argv, port, env)
+        for svc in self.named("worker"):
+            if svc.proc is not None:
+                wait_for_port(svc.port, svc.proc, 120, svc.name)
+        for svc in inputs:
+            argv, port, env = self.specs[svc.name]
+            self.spawn(svc.name, argv, port, env)
+        return fresh
+
+    @property
+    def roll_due(self) -> bool:
+        return self.watch is not None and self.watch.due
+
+    def roll_if_due(self, settings: Settings) -> None:
+        if self.watch is not None and self.watch.due:
+            began = time.monotonic()
+            fresh = self.roll_broker(settings)
+            assert fresh.pid is not None
+            self.watch.rolled(fresh.pid, time.monotonic() - began)
 
     def report_exits(self) -> None:
         """Say once when a child ended on its own (a crash, or a finished simulator)."""
@@ -76,12 +147,47 @@ class Stack:
         self.services.clear()
 
 
+#: The chain's topics, each consumed by the app's consumer group.
+CHAIN = ("paths", "tensors", "predictions", "stored", "failed")
+
+
+def wait_drained(broker_url: str, settings: Settings, timeout: float) -> int:
+    """Records of the chain the app's group has not committed past, once that is 0 for three
+    readings a second apart or ``timeout`` has passed (-1: the broker did not say).
+
+    A record still inside a worker (read, not yet passed on) is committed only after its
+    output is published, so it shows as a backlog on one topic or the next.
+    """
+    from imgflow.broker import backlog
+
+    bootstrap = broker_url.split("://", 1)[-1]
+    topics = [settings.topic(stage) for stage in CHAIN]
+    deadline = time.monotonic() + timeout
+    zeros, waiting = 0, -1
+    # Its own thread and event loop, whatever the caller runs.
+    with ThreadPoolExecutor(1) as pool:
+        while time.monotonic() < deadline:
+            try:
+                query = backlog(bootstrap, settings.app_id, topics, settings.partitions)
+                waiting = pool.submit(asyncio.run, query).result()
+            except Exception as exc:  # a topic not created yet, a broker hiccup: ask again
+                log.info("backlog unknown: %s", exc)
+                waiting = -1
+            zeros = zeros + 1 if waiting == 0 else 0
+            if zeros == 3:
+                return 0
+            time.sleep(1.0)
+    return waiting
+
+
 @dataclass
 class BrokerMemoryWatch:
     """Say so (in this output and on the dashboard) when the embedded broker nears its memory limit.
 
     The embedded broker keeps every record in memory (DESIGN section 8): checked every
-    ``every`` seconds; warned at ``warn_mb`` and again each time it grew another 10%.
+    ``every`` seconds; warned when it holds ``warn_mb`` more than it did once the stack was up
+    (``started_mb``) and again each time it grew another 10%, or with ``roll`` swapped for a
+    fresh broker then.
     """
 
     pid: int
@@ -89,8 +195,16 @@ class BrokerMemoryWatch:
     mongo_url: str
     db_name: str
     every: float = 10.0
+    #: Past ``warn_mb``, ask for the broker to be swapped for a fresh one (``due``; the
+    #: launcher's loop calls ``Stack.roll_broker`` then :meth:`rolled`) instead of only warning.
+    roll: bool = False
+    due: bool = False
+    #: The broker's memory when the stack was up (None: take the first sample; after a roll
+    #: the fresh broker's first sample, once the workers have joined and made their topics).
+    started_mb: float | None = None
     _due: float = 0.0
     _warned_mb: float = 0.0
+    _rolled_at_mb: float = 0.0
 
     def __call__(self) -> None:
         import psutil
@@ -105,16 +219,42 @@ class BrokerMemoryWatch:
             rss_mb = psutil.Process(self.pid).memory_info().rss / 1e6
         except psutil.Error:
             return
+        if self.started_mb is None:
+            self.started_mb = rss_mb
+        if rss_mb - self.started_mb < self.warn_mb:
+            return
         message = notices.broker_memory(rss_mb, self.warn_mb)
-        if message is None or rss_mb < self._warned_mb * 1.1:
+        if message is None:
+            return
+        if self.roll:
+            if not self.due:
+                print(f"!! {message} Rolling over to a fresh broker now.", flush=True)
+                self.due, self._rolled_at_mb = True, rss_mb
+            return
+        if rss_mb < self._warned_mb * 1.1:
             return
         self._warned_mb = rss_mb
         print(f"!! {message}", flush=True)
+        self.post(message)
+
+    def rolled(self, pid: int, seconds: float) -> None:
+        """The broker was swapped for a fresh one (``pid``): say so, and watch that one."""
+        from imgflow import notices
+
+        message = notices.broker_rolled(self._rolled_at_mb, self.warn_mb)
+        print(f"!! {message} ({seconds:.0f}s)", flush=True)
+        self.post(message, level="info")
+        self.pid, self.due, self._warned_mb = pid, False, 0.0
+        self.started_mb = None  # measured at the next check, a full interval from now
+        self._due = time.monotonic() + self.every
+
+    def post(self, message: str, level: str = "warning") -> None:
+        from imgflow import notices
         from imgflow.mongo import connect
 
         client = connect(self.mongo_url, serverSelectionTimeoutMS=2000)
         try:
-            notices.post(client[self.db_name], "broker-memory", message)
+            notices.post(client[self.db_name], "broker-memory", message, level=level)
         except Exception as exc:  # the output has it; the dashboard is a second channel
             log.warning("could not post the broker memory notice: %s", exc)
         finally:
@@ -156,27 +296,31 @@ def ensure_model(settings: Settings) -> Path:
 
 
 async def tail_stored(
-    settings: Settings, stop: asyncio.Event, started: float, check: Callable[[], None]
-) -> None:
-    """Print each stored result as it lands (the one result reader, not a poll)."""
+    settings: Settings, started: float | None, check: Callable[[], None], until: Callable[[], bool]
+) -> bool:
+    """Print each stored result as it lands (the one result reader, not a poll), until
+    ``until()`` (a broker roll-over is due). Whether the first result was printed
+    (``started``: not yet, and when the launcher started)."""
     from imgflow.records import MalformedMessage, Stored, parse
     from imgflow.sources.results import ResultReader
 
-    first = True
     async with ResultReader(settings, kinds=("stored",)) as reader:
-        while not stop.is_set():
+        while True:
             check()
+            if until():
+                break
             for _, value in await reader.read(1.0):
                 with suppress(MalformedMessage):
                     stored = parse(Stored, value)
-                    if first:
+                    if started is not None:
                         print(f"first result stored {time.monotonic() - started:.1f}s after start")
-                        first = False
+                        started = None
                     print(
                         f"stored {stored.image_id[:12]}  {stored.label:<28} "
                         f"{stored.score:.2f}  {stored.model} {stored.model_version}",
                         flush=True,
                     )
+    return started is None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     home = settings.home.resolve()
     started = time.monotonic()
     stack = Stack(home=home, env={"IMGFLOW_HOME": str(home)})
-    stopping = asyncio.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         # The first Ctrl-C (or SIGTERM) stops everything; more of them while that runs are
@@ -224,10 +367,15 @@ def main(argv: list[str] | None = None) -> int:
             client = connect(stack.env["MONGO_URL"])
             notices.clear(client[settings.mongo_db], "broker-memory")  # a new broker starts empty
             client.close()
-            watch = BrokerMemoryWatch(
-                broker.pid, broker_warn_mb(settings), stack.env["MONGO_URL"], settings.mongo_db
+
+            stack.watch = BrokerMemoryWatch(
+                broker.pid,
+                broker_warn_mb(settings),
+                stack.env["MONGO_URL"],
+                settings.mongo_db,
+                roll=settings.broker_roll,
             )
-            stack.checks.append(watch)
+            stack.checks.append(stack.watch)
         ensure_model(settings)
         from simulator.dataset import write_dataset
 
@@ -295,13 +443,16 @@ def main(argv: list[str] | None = None) -> int:
         for svc in stack.services:
             if svc.name.startswith("worker") and svc.proc is not None:
                 wait_for_port(svc.port, svc.proc, 120, svc.name)
-        if args.quiet:
-            while True:
+        tail = Settings(BROKER_URL=stack.env["BROKER_URL"])
+        first: float | None = started
+        while True:
+            # Outside the result tail's loop: its reader is closed while the old broker is up.
+            stack.roll_if_due(settings)
+            if args.quiet:
                 stack.report_exits()
                 time.sleep(1)
-        else:
-            tail = Settings(BROKER_URL=stack.env["BROKER_URL"])
-            asyncio.run(tail_stored(tail, stopping, started, stack.report_exits))
+            elif asyncio.run(tail_stored(tail, first, stack.report_exits, lambda: stack.roll_due)):
+                first = None
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     finally:

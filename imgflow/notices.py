@@ -38,3 +38,14 @@ def broker_memory(rss_mb: float, warn_mb: float) -> str | None:
         "it keeps every record and applies no retention, so it grows until the machine runs out. "
         "For long runs use Apache Kafka (docker compose up; BROKER_URL), or restart the demo."
     )
+
+
+def broker_rolled(rss_mb: float, limit_mb: float) -> str:
+    """What to tell people after the launcher swapped a full embedded broker for a fresh one."""
+    at = datetime.now(UTC).strftime("%H:%M UTC")
+    return (
+        f"The embedded Kafka broker reached {rss_mb:,.0f} MB (limit {limit_mb:,.0f} MB) and was rolled "
+        f"over to a fresh one at {at}, after every submitted image was stored: results are in MongoDB, "
+        "the live window counts started again. "
+        "For long runs use Apache Kafka (docker compose up; BROKER_URL)."
+    )

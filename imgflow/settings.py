@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     #: ``make demo`` warns (output and dashboard) when the embedded broker's memory passes this
     #: many MB; 0: a quarter of this machine's memory.
     broker_memory_warn_mb: float = Field(0.0, ge=0, validation_alias=_env("IMGFLOW_BROKER_MEMORY_WARN_MB"))
+    #: At that limit the launcher rolls the embedded broker over to a fresh one (drained first:
+    #: nothing submitted is lost) instead of only warning.
+    broker_roll: bool = Field(True, validation_alias=_env("IMGFLOW_BROKER_ROLL"))
 
     # Live counts
     #: Faust table store: ``rocksdb://`` keeps tables on local disk, so a restarted worker reads

@@ -1115,7 +1115,9 @@ def test_the_launcher_warns_on_the_dashboard_when_the_broker_grows(db, mongo_url
     from imgflow import notices
     from imgflow.launcher import BrokerMemoryWatch
 
-    watch = BrokerMemoryWatch(os.getpid(), warn_mb=1.0, mongo_url=mongo_url, db_name=db.name, every=0.0)
+    watch = BrokerMemoryWatch(
+        os.getpid(), warn_mb=1.0, mongo_url=mongo_url, db_name=db.name, every=0.0, started_mb=0.0
+    )
     watch()
     watch()  # no growth since: said once
     assert capsys.readouterr().out.count("!! The embedded Kafka broker holds") == 1

@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -28,72 +30,150 @@ def alive(pid: int) -> bool:
         return False
 
 
+class Demo:
+    """``python -m imgflow.launcher demo`` (one worker, no dashboard) and its output, line by line."""
+
+    def __init__(self, tmp_path: Path, model_spec: Path, rate: float = 10, **env: str) -> None:
+        self.home = tmp_path / "var"
+        argv = [sys.executable, "-m", "imgflow.launcher", "demo", "--workers", "1", "--no-dashboard"]
+        self.proc = subprocess.Popen(
+            [*argv, "--rate", str(rate)],
+            env={
+                **{k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "MONGO_URL")},
+                "IMGFLOW_HOME": str(self.home),
+                "IMGFLOW_MODEL": str(model_spec),
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.started = time.monotonic()
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def find(self, wanted: str, after: int = 0) -> int | None:
+        """The index of the first output line from ``after`` on that holds ``wanted``."""
+        return next((i for i in range(after, len(self.lines)) if wanted in self.lines[i]), None)
+
+    def wait_for(self, wanted: str, timeout: float, after: int = 0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (found := self.find(wanted, after)) is not None:
+                return found
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {wanted!r} in the demo's output:\n" + "".join(self.lines[-40:]))
+
+    def interrupt(self, twice: bool = False) -> bool:
+        """Ctrl-C, and wait for every child to stop; ``twice``: a second one while it stops."""
+        self.proc.send_signal(signal.SIGINT)
+        second = False
+        if twice:
+            try:
+                self.wait_for("stopping...", 60)
+            except AssertionError:
+                pass
+            else:
+                if self.proc.poll() is None:
+                    self.proc.send_signal(signal.SIGINT)
+                    second = True
+        self.proc.wait(180)
+        self.reader.join(10)
+        return second
+
+    def pids(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        for name, pid in re.findall(r"started (\S+) \(pid (\d+)\)", self.out):
+            found.setdefault(name, []).append(int(pid))
+        return found
+
+
 def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_model_spec: Path):
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "MONGO_URL")},
-        "IMGFLOW_HOME": str(tmp_path / "var"),
-        "IMGFLOW_MODEL": str(default_model_spec),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "imgflow.launcher",
-            "demo",
-            "--workers",
-            "1",
-            "--no-dashboard",
-            "--rate",
-            "10",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    first_result = threading.Event()
-    stopping = threading.Event()
-    started = time.monotonic()
-    elapsed: list[float] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("stored ") and not first_result.is_set():
-                elapsed.append(time.monotonic() - started)
-                first_result.set()
-            if line.startswith("stopping..."):
-                stopping.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    demo = Demo(tmp_path, default_model_spec)
+    second = False
     try:
-        assert first_result.wait(240), "no stored result from the demo:\n" + "".join(lines[-40:])
-        print(f"demo: first stored result {elapsed[0]:.1f}s after the launcher started")
+        demo.wait_for("stored ", 240)
+        print(f"demo: first stored result {time.monotonic() - demo.started:.1f}s after the launcher started")
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
         # An impatient second Ctrl-C while it stops must not cut the stop short.
-        if stopping.wait(60) and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            second = True
-        else:
-            second = False
-        proc.wait(180)
-        reader.join(10)
-    pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", "".join(lines))]
-    names = re.findall(r"started (\S+) \(pid \d+\)", "".join(lines))
-    assert {"tansu", "secantusdb", "worker1", "watcher", "simulator"} <= set(names), names
-    assert proc.returncode == 0, "".join(lines[-40:])
-    assert not [p for p in pids if alive(p)], "children left running after Ctrl-C"
-    out = "".join(lines)
+        second = demo.interrupt(twice=True)
+    started = demo.pids()
+    assert {"tansu", "secantusdb", "worker1", "watcher", "simulator"} <= set(started), started
+    assert demo.proc.returncode == 0, "".join(demo.lines[-40:])
+    assert not [p for pids in started.values() for p in pids if alive(p)], (
+        "children left running after Ctrl-C"
+    )
+    out = demo.out
     assert "imgflow demo is running" in out and "stopping..." in out
     assert not second or "already stopping" in out, out
     assert "!!" not in out, out  # no child (worker, watcher, simulator...) died on its own
     assert (tmp_path / "var" / "dataset").is_dir()
+
+
+def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
+    tmp_path: Path, default_model_spec: Path
+):
+    """Past its memory limit the broker is swapped for a fresh one; images in flight all land."""
+    from PIL import Image
+    from pymongo import MongoClient
+
+    rng = np.random.default_rng(7)
+    # A limit the broker passes within a minute (it keeps ~10 KB per image) and its own start
+    # does not (its topics and the group: ~3 MB).
+    demo = Demo(tmp_path, default_model_spec, rate=25, IMGFLOW_BROKER_MEMORY_WARN_MB="8")
+    inbox = demo.home / "inbox"
+    dropped: list[str] = []
+    try:
+        demo.wait_for("stored ", 240)
+        rolling = demo.wait_for("Rolling over to a fresh broker now", 120)
+        # Files keep coming while the chain drains, the broker is swapped and all restarts.
+        deadline = time.monotonic() + 180
+        rolled = None
+        while rolled is None and time.monotonic() < deadline:
+            name = f"drop-{len(dropped):03d}.jpg"
+            pixels = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(inbox / f".{name}", format="JPEG")
+            (inbox / f".{name}").rename(inbox / name)
+            dropped.append(str(inbox / name))
+            time.sleep(0.5)
+            rolled = demo.find("rolled over", after=rolling)
+        assert rolled is not None, demo.out
+        demo.wait_for("stored ", 240, after=rolled)  # results flow through the new broker
+        url = re.search(r"mongodb\s+(mongodb://\S+)\s+database (\S+)", demo.out)
+        assert url, demo.out
+        db: Any = MongoClient(url.group(1))[url.group(2)]
+
+        def missing() -> set[str]:
+            stored = {d["path"] for d in db.images.find({}, {"path": 1})}
+            return set(dropped) - stored
+
+        deadline = time.monotonic() + 180
+        while missing() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not missing(), f"{len(missing())} of {len(dropped)} dropped images never stored"
+    finally:
+        demo.interrupt()
+    out = demo.out
+    assert demo.proc.returncode == 0, "".join(demo.lines[-40:])
+    assert "did not drain" not in out, out  # and so nothing was lost with the old broker
+    assert len(demo.pids()["tansu"]) >= 2 and len(demo.pids()["worker1"]) >= 2, demo.pids()
+    assert not [p for pids in demo.pids().values() for p in pids if alive(p)], "children left running"
+    # Only the roll-over speaks up: no child died on its own.
+    assert not [line for line in demo.lines if line.startswith("!!") and "roll" not in line.lower()], out
 
 
 def test_a_service_that_ignores_sigterm_is_killed_and_stop_goes_on(tmp_path: Path):
