@@ -85,6 +85,30 @@ def stored(mongo_url: str | None, db_name: str) -> int | None:
         client.close()
 
 
+def submitted(broker_url: str | None, topic: str = "imgflow-paths", partitions: int = 4) -> int | None:
+    """Paths published so far (the end of the paths topic): what the broker holds records for,
+    stored or not. A chain that falls behind shows as submitted well above stored."""
+    if not broker_url:
+        return None
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def ends() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker_url.split("://", 1)[-1])
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            return int(sum((await consumer.end_offsets(tps)).values()))
+        finally:
+            await consumer.stop()
+
+    try:
+        return asyncio.run(ends())
+    except Exception:
+        return None
+
+
 def slope(xs: list[float], ys: list[float]) -> float | None:
     """Least-squares slope of ys over xs (None with fewer than 3 points or no spread)."""
     if len(xs) < 3:
@@ -105,6 +129,8 @@ def growth(samples: list[dict[str, Any]], warmup_s: float, rate: float) -> dict[
         per_s = slope([s["t"] for s in rows], [s["rss_mb"][role] for s in rows])
         with_images = [s for s in rows if s.get("images") is not None]
         per_image = slope([float(s["images"]) for s in with_images], [s["rss_mb"][role] for s in with_images])
+        with_sent = [s for s in rows if s.get("submitted") is not None]
+        per_sent = slope([float(s["submitted"]) for s in with_sent], [s["rss_mb"][role] for s in with_sent])
         first = next((s["rss_mb"][role] for s in samples if role in s["rss_mb"]), None)
         last = rows[-1]["rss_mb"][role] if rows else None
         per_hour = per_s * 3600 if per_s is not None else None
@@ -113,6 +139,8 @@ def growth(samples: list[dict[str, Any]], warmup_s: float, rate: float) -> dict[
             "end_mb": last,
             "mb_per_hour": per_hour,
             "mb_per_10k_images": per_image * 10_000 if per_image is not None else None,
+            # Per image submitted: the same when the chain keeps up; the honest figure when not.
+            "mb_per_10k_submitted": per_sent * 10_000 if per_sent is not None else None,
             # At the demo's default rate the same images take rate/DEMO_RATE times longer.
             "week_at_demo_rate_mb": (
                 (last or 0) + per_image * DEMO_RATE * 3600 * WEEK_H if per_image is not None else None
@@ -166,7 +194,7 @@ def main() -> int:
     launcher = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(launcher.pid)
     samples: list[dict[str, Any]] = []
-    mongo_url = None
+    mongo_url = broker_url = None
     db_name = env.get("MONGO_DB", "imgflow")
     started = time.monotonic()
     print(
@@ -184,16 +212,20 @@ def main() -> int:
                 )
                 if found:
                     mongo_url, db_name = found.group(1), found.group(2)
+                    broker = re.search(r"broker\s+(kafka://\S+)", (home / "launcher.log").read_text())
+                    broker_url = broker.group(1) if broker else None
             t = time.monotonic() - started
             sample: dict[str, Any] = {
                 "t": round(t, 1),
                 "images": stored(mongo_url, db_name),
+                "submitted": submitted(broker_url),
                 "rss_mb": rss_by_role(root),
             }
             samples.append(sample)
             if len(samples) % 6 == 1:
                 rss = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(sample["rss_mb"].items()))
-                print(f"  {t / 60:5.1f} min  {sample['images'] or 0:>7,} images  MB: {rss}", flush=True)
+                done, sent = sample["images"] or 0, sample["submitted"] or 0
+                print(f"  {t / 60:5.1f} min  {done:>7,} stored of {sent:>7,}  MB: {rss}", flush=True)
             time.sleep(max(0.0, args.interval - (time.monotonic() - started - t)))
     finally:
         # SIGTERM: the launcher stops everything it started (SIGINT is ignored by a process
@@ -222,13 +254,15 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=1))
     title = f"imgflow demo, {args.workers} worker(s), {args.rate:g} images/s ({results['commit']})"
     plot(samples, args.out.with_suffix(".png"), title)
-    print(f"\n{'process':<10} {'start':>8} {'end':>8} {'MB/hour':>9} {'MB/10k img':>11} {'7 d at 5/s':>11}")
+    head = f"{'MB/hour':>9} {'MB/10k stored':>13} {'MB/10k sent':>11} {'7 d at 5/s':>11}"
+    print(f"\n{'process':<10} {'start':>8} {'end':>8} {head}")
     for role, g in results["growth"].items():
         cells = [
             g["start_mb"],
             g["end_mb"],
             g["mb_per_hour"],
             g["mb_per_10k_images"],
+            g["mb_per_10k_submitted"],
             g["week_at_demo_rate_mb"],
         ]
         print(f"{role:<10} " + " ".join(f"{c:>9,.0f}" if c is not None else f"{'-':>9}" for c in cells))
