@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,16 @@ class Demo:
         self.reader.join(10)
         return second
 
+    def kill_leftovers(self) -> None:
+        """Whatever this demo started and left running (a launcher that failed to stop them):
+        killed, so a failing test does not leave servers behind. Tests assert before this."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        for pid in [p for pids in self.pids().values() for p in pids]:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def pids(self) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {}
         for name, pid in re.findall(r"started (\S+) \(pid (\d+)\)", self.out):
@@ -102,8 +114,19 @@ class Demo:
         return found
 
 
-def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_model_spec: Path):
+@pytest.fixture
+def demos() -> Iterator[list[Demo]]:
+    started: list[Demo] = []
+    yield started
+    for demo in started:
+        demo.kill_leftovers()
+
+
+def test_demo_brings_up_everything_and_ctrl_c_stops_it(
+    tmp_path: Path, default_model_spec: Path, demos: list[Demo]
+):
     demo = Demo(tmp_path, default_model_spec)
+    demos.append(demo)
     second = False
     try:
         demo.wait_for("stored ", 240)
@@ -125,7 +148,7 @@ def test_demo_brings_up_everything_and_ctrl_c_stops_it(tmp_path: Path, default_m
 
 
 def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
-    tmp_path: Path, default_model_spec: Path
+    tmp_path: Path, default_model_spec: Path, demos: list[Demo]
 ):
     """Past its memory limit the broker is swapped for a fresh one; images in flight all land."""
     from PIL import Image
@@ -135,6 +158,7 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
     # A limit the broker passes within a minute (it keeps ~10 KB per image) and its own start
     # does not (its topics and the group: ~3 MB).
     demo = Demo(tmp_path, default_model_spec, rate=25, IMGFLOW_BROKER_MEMORY_WARN_MB="8")
+    demos.append(demo)
     inbox = demo.home / "inbox"
     dropped: list[str] = []
     try:
