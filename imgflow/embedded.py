@@ -197,8 +197,17 @@ def secantusd_binary() -> str:
     return found or "secantusd-py"
 
 
-def start_mongo(storage_path: Path, log_dir: Path, port: int | None = None, timeout: float = 60.0) -> Mongo:
-    """Start SecantusDB on ``storage_path``; retries the bind briefly (a just-freed port)."""
+def start_mongo(
+    storage_path: Path,
+    log_dir: Path,
+    port: int | None = None,
+    timeout: float = 60.0,
+    cache_size: str | None = None,
+) -> Mongo:
+    """Start SecantusDB on ``storage_path``; retries the bind briefly (a just-freed port).
+
+    ``cache_size`` ("512M", "1G"): its WiredTiger cache, which bounds most of its memory
+    (the server's default is 1G)."""
     storage_path.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     last_error: Exception | None = None
@@ -215,6 +224,7 @@ def start_mongo(storage_path: Path, log_dir: Path, port: int | None = None, time
                 str(storage_path),
                 "--log-level",
                 "WARNING",
+                *(["--cache-size", cache_size] if cache_size else []),
             ]
         )
         assert mongo.proc is not None

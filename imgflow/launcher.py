@@ -278,7 +278,9 @@ def start_infrastructure(stack: Stack, settings: Settings) -> None:
     if os.environ.get("MONGO_URL"):
         stack.env["MONGO_URL"] = os.environ["MONGO_URL"]
     else:
-        mongo = start_mongo(stack.home / "mongo", logs, port=port_or_free(27017))
+        mongo = start_mongo(
+            stack.home / "mongo", logs, port=port_or_free(27017), cache_size=settings.mongo_cache_size
+        )
         stack.services.append(mongo)
         stack.env["MONGO_URL"] = mongo.url
 

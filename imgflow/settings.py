@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     #: At that limit the launcher rolls the embedded broker over to a fresh one (drained first:
     #: nothing submitted is lost) instead of only warning.
     broker_roll: bool = Field(True, validation_alias=_env("IMGFLOW_BROKER_ROLL"))
+    #: WiredTiger cache of the MongoDB-protocol server ``make demo`` starts: most of its memory.
+    mongo_cache_size: str = Field(
+        "512M", pattern=r"^\d+[KMG]$", validation_alias=_env("IMGFLOW_MONGO_CACHE_SIZE")
+    )
 
     # Live counts
     #: Faust table store: ``rocksdb://`` keeps tables on local disk, so a restarted worker reads

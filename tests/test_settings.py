@@ -39,6 +39,18 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch):
         Settings()
 
 
+def test_the_demo_bounds_its_database_and_rolls_its_broker_by_default(monkeypatch: pytest.MonkeyPatch):
+    s = Settings()
+    assert s.mongo_cache_size == "512M" and s.broker_roll is True
+    monkeypatch.setenv("IMGFLOW_MONGO_CACHE_SIZE", "lots")
+    with pytest.raises(ValueError, match="IMGFLOW_MONGO_CACHE_SIZE"):
+        Settings()
+    monkeypatch.setenv("IMGFLOW_MONGO_CACHE_SIZE", "2G")
+    monkeypatch.setenv("IMGFLOW_BROKER_ROLL", "false")
+    s = Settings()
+    assert s.mongo_cache_size == "2G" and s.broker_roll is False
+
+
 def test_tables_are_durable_by_default_one_directory_per_worker(monkeypatch: pytest.MonkeyPatch):
     s = Settings()
     assert s.table_store == "rocksdb://"
