@@ -27,7 +27,6 @@ from dashboard.feed import LiveFeed
 from dashboard.previews import THUMB_PX, preview_jpeg
 from dashboard.queries import (
     ALL,
-    COUNT_CAP,
     compare_models,
     count_images,
     effective_label,
@@ -70,7 +69,7 @@ class DataStore(param.Parameterized):
 
     images = param.List(default=[], doc="The current gallery page, newest first.")
     total = param.Integer(default=0, doc="Images matching the filters (at least, if capped).")
-    total_capped = param.Boolean(default=False, doc="total is COUNT_CAP: more images match.")
+    total_capped = param.Boolean(default=False, doc="more images may match than total (a capped count).")
     has_older = param.Boolean(default=False, doc="An older page exists.")
     failures = param.List(default=[])
     versions = param.List(default=[], doc="name:version of every model with predictions.")
@@ -203,7 +202,7 @@ class DataStore(param.Parameterized):
 
         Page 0 is always the newest; an older page starts after the previous page's last
         image, so it stays put while new results arrive. The match count is exact from the
-        counters without filters, else counted up to ``COUNT_CAP``.
+        counters without filters, else counted up to ``COUNT_CAP`` (``count_images``).
         """
         try:
             q = self.query()
@@ -225,9 +224,9 @@ class DataStore(param.Parameterized):
             count = (
                 (lambda: count_images(self.db, q, floor=floor, guide=guide))
                 if exact is None
-                else (lambda: exact)
+                else (lambda: (exact, False))
             )
-            total = self._shared(("count", key), count)
+            total, capped = self._shared(("count", key), count)
         except PyMongoError as exc:
             self._failed(exc)
             return
@@ -239,7 +238,7 @@ class DataStore(param.Parameterized):
         self.param.update(
             images=docs,
             total=max(total, shown),
-            total_capped=exact is None and total >= COUNT_CAP,
+            total_capped=capped,
             has_older=more,
             error="",
         )

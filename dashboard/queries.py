@@ -121,6 +121,10 @@ def image_filter(
 
 #: A filtered match count stops here ("1,000+ images"): counting is a walk over the matches.
 COUNT_CAP = 1000
+#: Documents a count may read to check a filter no index serves (score): past them it says
+#: what it found so far, with a "+" (e.g. "312+"), so its cost stays about one range of
+#: ~1,000 results whatever share of them match.
+SCAN_BUDGET = 1000
 
 
 def count_images(
@@ -129,28 +133,36 @@ def count_images(
     limit: int = COUNT_CAP,
     floor: datetime | None = None,
     guide: Guide | None = None,
-) -> int:
-    """Images matching ``query``, counted up to about ``limit``, newest first.
+    budget: int = SCAN_BUDGET,
+) -> tuple[int, bool]:
+    """Images matching ``query``, newest first, and whether there may be more: counted up to
+    ``limit``, and for a filter checked here up to ``budget`` documents read.
 
     The server counts every match of a query, limit or not, so the count walks time
     ranges back from now (as :func:`newest` does) and stops once ``limit`` are found:
     its cost follows the limit, not the history. The callers know the exact totals.
     """
     lead, rest = split(query, "updated_at")
-    found = 0
+    found = scanned = 0
+    spent = False
 
     def count(q: dict[str, Any]) -> int:
-        nonlocal found
+        nonlocal found, scanned, spent
         if rest:
-            n = sum(1 for d in db.images.find(q, dict.fromkeys(rest, 1)) if matches(d, rest))
+            docs = list(db.images.find(q, dict.fromkeys(rest, 1)))
+            scanned += len(docs)
+            n = sum(1 for d in docs if matches(d, rest))
         else:
             n = db.images.count_documents(q)
         found += n
+        if rest and scanned >= budget and found < limit:
+            spent = True
+            return limit  # enough read: stops the walk
         return n
 
     top = utc_now() + timedelta(seconds=FIRST_SPAN)
     walk(lead, limit, count, field="updated_at", top=top, open_above=True, floor=floor, guide=guide)
-    return min(found, limit)
+    return min(found, limit), spent or found >= limit
 
 
 def image_page(

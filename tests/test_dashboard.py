@@ -636,6 +636,28 @@ def test_keyset_pages_walk_every_image_once_across_batches_and_hours(db, tmp_pat
     assert store.total == len(espresso)
 
 
+@e2e
+def test_a_count_no_index_serves_stops_at_its_read_budget_and_says_more_may_match(db, tmp_path: Path):
+    """A score filter is checked here: its count reads at most about the budget, then "N+"."""
+    from dashboard.queries import count_images, image_filter
+
+    path = write_image(tmp_path / "images" / "a.png")
+    now = datetime.now(UTC)
+    for b in range(6):  # 6 batches of 20 going back in time; a quarter of each scores low
+        stored = now - timedelta(seconds=30 * b + 1)
+        preds = [
+            prediction(f"s{b}-{i:02d}", path, "tabby", 0.1 if i % 4 == 0 else 0.9, submitted=stored)
+            for i in range(20)
+        ]
+        store_predictions(db, preds, stored)
+    low = image_filter(score=(0.0, 0.3))
+    assert count_images(db, low) == (30, False)  # within the budget: exact
+    found, more = count_images(db, low, budget=40)
+    assert more and 0 < found < 30  # stopped after about 40 documents read, and says "+"
+    assert count_images(db, image_filter(label="tabby")) == (120, False)
+    assert count_images(db, image_filter(label="tabby"), limit=50) == (50, True)  # "50+"
+
+
 class Finds(monitoring.CommandListener):
     """A pymongo command listener that keeps the filters sent to one collection."""
 
