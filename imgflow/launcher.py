@@ -19,7 +19,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,15 +106,17 @@ class Stack:
             data_dir = self.specs[svc.name][2].get("IMGFLOW_DATA_DIR")
             if data_dir:
                 shutil.rmtree(data_dir, ignore_errors=True)
-            argv, port, env = self.specs[svc.name]
-            self.spawn(svc.name, argv, port, env)
-        for svc in self.named("worker"):
-            if svc.proc is not None:
-                wait_for_port(svc.port, svc.proc, 120, svc.name)
+            again = self.respawn(svc.name)
+            assert again.proc is not None
+            wait_for_port(again.port, again.proc, 120, again.name)
         for svc in inputs:
-            argv, port, env = self.specs[svc.name]
-            self.spawn(svc.name, argv, port, env)
+            self.respawn(svc.name)
         return fresh
+
+    def respawn(self, name: str) -> Service:
+        """Start a child again as it was first started."""
+        argv, port, env = self.specs[name]
+        return self.spawn(name, argv, port, env)
 
     @property
     def roll_due(self) -> bool:
@@ -141,10 +142,8 @@ class Stack:
             check()
 
     def stop(self) -> None:
-        for svc in reversed(self.services):
-            log.info("stopping %s (pid %s)", svc.name, svc.pid)
-            svc.stop()
-        self.services.clear()
+        for svc in reversed(list(self.services)):
+            self.retire(svc)
 
 
 #: The chain's topics, each consumed by the app's consumer group.
@@ -164,19 +163,16 @@ def wait_drained(broker_url: str, settings: Settings, timeout: float) -> int:
     topics = [settings.topic(stage) for stage in CHAIN]
     deadline = time.monotonic() + timeout
     zeros, waiting = 0, -1
-    # Its own thread and event loop, whatever the caller runs.
-    with ThreadPoolExecutor(1) as pool:
-        while time.monotonic() < deadline:
-            try:
-                query = backlog(bootstrap, settings.app_id, topics, settings.partitions)
-                waiting = pool.submit(asyncio.run, query).result()
-            except Exception as exc:  # a topic not created yet, a broker hiccup: ask again
-                log.info("backlog unknown: %s", exc)
-                waiting = -1
-            zeros = zeros + 1 if waiting == 0 else 0
-            if zeros == 3:
-                return 0
-            time.sleep(1.0)
+    while time.monotonic() < deadline:
+        try:  # called between result tails (Stack.roll_if_due): no event loop is running
+            waiting = asyncio.run(backlog(bootstrap, settings.app_id, topics, settings.partitions))
+        except Exception as exc:  # a topic not created yet, a broker hiccup: ask again
+            log.info("backlog unknown: %s", exc)
+            waiting = -1
+        zeros = zeros + 1 if waiting == 0 else 0
+        if zeros == 3:
+            return 0
+        time.sleep(1.0)
     return waiting
 
 
