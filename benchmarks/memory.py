@@ -120,7 +120,11 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
 
 
-def growth(samples: list[dict[str, Any]], warmup_s: float, rate: float) -> dict[str, dict[str, Any]]:
+def growth(
+    samples: list[dict[str, Any]], warmup_s: float, rate: float, settled_s: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per role: growth lines after ``warmup_s``, and after ``settled_s`` (when the bounded
+    structures are full: the counted table keeps a key per image until its window expires)."""
     steady = [s for s in samples if s["t"] >= warmup_s]
     roles = sorted({r for s in samples for r in s["rss_mb"]})
     out: dict[str, dict[str, Any]] = {}
@@ -134,22 +138,33 @@ def growth(samples: list[dict[str, Any]], warmup_s: float, rate: float) -> dict[
         first = next((s["rss_mb"][role] for s in samples if role in s["rss_mb"]), None)
         last = rows[-1]["rss_mb"][role] if rows else None
         per_hour = per_s * 3600 if per_s is not None else None
+        full = [s for s in rows if settled_s is not None and s["t"] >= settled_s]
+        settled = slope([s["t"] for s in full], [s["rss_mb"][role] for s in full])
+        full_images = [s for s in full if s.get("images") is not None]
+        settled_per_image = slope(
+            [float(s["images"]) for s in full_images], [s["rss_mb"][role] for s in full_images]
+        )
+        # The week's extrapolation from the settled line when the run has one: a bounded
+        # structure that was filling is not growth for the rest of the week.
+        week_slope = settled_per_image if settled_per_image is not None else per_image
         out[role] = {
             "start_mb": first,
             "end_mb": last,
             "mb_per_hour": per_hour,
+            # The same line over the samples after the tables are full (None if the run ends first).
+            "mb_per_hour_settled": settled * 3600 if settled is not None else None,
             "mb_per_10k_images": per_image * 10_000 if per_image is not None else None,
             # Per image submitted: the same when the chain keeps up; the honest figure when not.
             "mb_per_10k_submitted": per_sent * 10_000 if per_sent is not None else None,
             # At the demo's default rate the same images take rate/DEMO_RATE times longer.
             "week_at_demo_rate_mb": (
-                (last or 0) + per_image * DEMO_RATE * 3600 * WEEK_H if per_image is not None else None
+                (last or 0) + week_slope * DEMO_RATE * 3600 * WEEK_H if week_slope is not None else None
             ),
         }
     return out
 
 
-def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot(samples: list[dict[str, Any]], path: Path, title: str, settled_s: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,6 +176,16 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
         xs = [s["t"] / 60 for s in samples if role in s["rss_mb"]]
         ys = [s["rss_mb"][role] for s in samples if role in s["rss_mb"]]
         ax.plot(xs, ys, label=role)
+    if settled_s is not None and samples and samples[-1]["t"] > settled_s:
+        ax.axvline(settled_s / 60, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(
+            "first windows expire",
+            (settled_s / 60, 0),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize="small",
+            color="grey",
+        )
     ax.set_xlabel("minutes")
     ax.set_ylabel("RSS (MB)")
     ax.set_title(title)
@@ -180,6 +205,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="minutes left out of the growth lines")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
     args = parser.parse_args()
+    from imgflow.settings import Settings
+
+    windows = Settings()
+    # The counted table holds a key per image until its window expires: full from then on.
+    settled_s = args.warmup * 60 + windows.window_seconds + windows.window_expires
 
     home = Path(tempfile.mkdtemp(prefix="imgflow-memory-"))
     env = {**os.environ, "IMGFLOW_HOME": str(home)}
@@ -246,21 +276,23 @@ def main() -> int:
             "rate": args.rate,
             "workers": args.workers,
             "warmup_min": args.warmup,
+            "settled_min": settled_s / 60,
         },
-        "growth": growth(samples, args.warmup * 60, args.rate),
+        "growth": growth(samples, args.warmup * 60, args.rate, settled_s),
         "samples": samples,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     title = f"imgflow demo, {args.workers} worker(s), {args.rate:g} images/s ({results['commit']})"
-    plot(samples, args.out.with_suffix(".png"), title)
-    head = f"{'MB/hour':>9} {'MB/10k stored':>13} {'MB/10k sent':>11} {'7 d at 5/s':>11}"
+    plot(samples, args.out.with_suffix(".png"), title, settled_s)
+    head = f"{'MB/hour':>9} {'settled':>9} {'MB/10k stored':>13} {'MB/10k sent':>11} {'7 d at 5/s':>11}"
     print(f"\n{'process':<10} {'start':>8} {'end':>8} {head}")
     for role, g in results["growth"].items():
         cells = [
             g["start_mb"],
             g["end_mb"],
             g["mb_per_hour"],
+            g["mb_per_hour_settled"],
             g["mb_per_10k_images"],
             g["mb_per_10k_submitted"],
             g["week_at_demo_rate_mb"],
