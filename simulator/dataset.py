@@ -122,3 +122,67 @@ def write_camera_dataset(
             tmp.rename(path)
         written.append(path)
     return written
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG" if path.suffix == ".png" else "JPEG", quality=92)
+    tmp.rename(path)
+
+
+def write_faces_dataset(folder: Path) -> dict[str, list[Path]]:
+    """A labelled folder for binary training: ``face/`` and ``other/``, 100 images each.
+
+    From scikit-image's ``lfw_subset()`` (in its wheel): 25x25 grey crops, the first 100 faces
+    from Labeled Faces in the Wild, the other 100 non-face patches of the same photographs.
+    Files already written are kept.
+    """
+    import skimage.data
+
+    crops = np.asarray(skimage.data.lfw_subset())
+    written: dict[str, list[Path]] = {"face": [], "other": []}
+    for i, crop in enumerate(crops):
+        label = "face" if i < 100 else "other"
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        path = folder / label / f"lfw-{i:03d}.png"
+        if not path.exists():
+            _save(Image.fromarray((crop * 255).round().astype(np.uint8)), path)
+        written[label].append(path)
+    return written
+
+
+def write_photo_classes(
+    folder: Path,
+    photos: tuple[str, ...] = ("chelsea", "coffee", "rocket", "astronaut"),
+    per_label: int = 20,
+    size: tuple[int, int] = (320, 240),
+    seed: int = 1,
+) -> dict[str, list[Path]]:
+    """A labelled folder for multi-class training: one sub-folder per bundled photo, each with
+    ``per_label`` random crops (40-100% of each side), mirrored half of the time.
+
+    Deterministic for a ``seed``; files already written are kept.
+    """
+    import random
+
+    rng = random.Random(seed)
+    bases = {name: image.convert("RGB") for name, image in base_images() if name in photos}
+    missing = sorted(set(photos) - set(bases))
+    if missing:
+        raise ValueError(f"not bundled photos: {', '.join(missing)}")
+    written: dict[str, list[Path]] = {}
+    for name in photos:
+        base = bases[name]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        written[name] = []
+        for i in range(per_label):
+            f = rng.uniform(0.4, 1.0)
+            w, h = int(base.width * f), int(base.height * f)
+            x, y = rng.randint(0, base.width - w), rng.randint(0, base.height - h)
+            mirror = rng.random() < 0.5
+            path = folder / name / f"{name}-{i:03d}.jpg"
+            if not path.exists():
+                out = base.crop((x, y, x + w, y + h)).resize(size, Image.Resampling.BICUBIC)
+                _save(ImageOps.mirror(out) if mirror else out, path)
+            written[name].append(path)
+    return written
