@@ -14,6 +14,7 @@ import click
 from faust.cli import option
 
 from imgflow.app import app, settings
+from models.training import HeadOptions
 
 EXIT_USAGE = 1
 
@@ -50,6 +51,7 @@ class Bars:
     option("--name", default=None, help="Model name (default: the data folder's name)."),
     option("--version", "model_version", default=None, help="Model version (default: the UTC time)."),
     option("--epochs", type=int, default=40, help="Passes over the training features."),
+    option("--learning-rate", type=float, default=HeadOptions.learning_rate, help="Adam's step size."),
     option("--val", type=float, default=0.2, help="Share of each label held out (0: none)."),
     option("--seed", type=int, default=0, help="Seeds the split, the head's weights and dropout."),
     option(
@@ -66,6 +68,7 @@ async def train(
     name: str | None,
     model_version: str | None,
     epochs: int,
+    learning_rate: float,
     val: float,
     seed: int,
     target: str,
@@ -74,7 +77,7 @@ async def train(
     """Train a new head on a base model's pooled features; writes an ordinary model spec."""
     from models.evaluation import parse_target
     from models.spec import ModelError, load_spec
-    from models.training import HeadOptions, TrainingError
+    from models.training import TrainingError
     from models.training import train as train_model
 
     bars = Bars()
@@ -90,7 +93,7 @@ async def train(
             binary=binary,
             val=val,
             target=chosen,
-            options=HeadOptions(epochs=epochs, seed=seed),
+            options=HeadOptions(epochs=epochs, learning_rate=learning_rate, seed=seed),
             cache_dir=Path(cache) if cache else settings.home / "features",
             progress=bars,
         )
