@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -42,14 +42,15 @@ class Decoded:
     pixels: bytes
 
 
-def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path]) -> Decoded:
+def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path], default_model: Path) -> Decoded:
     """Pure work for one image (runs in a worker thread).
 
     The roots are checked first and the checked real path is what is read, so
-    a link swapped in afterwards cannot redirect the read.
+    a link swapped in afterwards cannot redirect the read. An image not pinned to a
+    model (a replay's ``--model``) is decoded for ``default_model``.
     """
     real = require_inside_roots(item.path, roots)
-    spec = spec_for(item.model or settings.model_spec_path)
+    spec = spec_for(item.model or default_model)
     decoded = decode_image(real, spec.input_size, spec.resize, limits, draft=settings.decode_draft)
     record = DecodedImage(
         image_id=item.image_id,
@@ -82,18 +83,23 @@ class Decoder:
     """Decodes a batch in the decode threads, each image bounded in time."""
 
     def __init__(
-        self, pool: Executor, roots: Sequence[Path] | None = None, tensors: TensorStore | None = None
+        self,
+        pool: Executor,
+        roots: Sequence[Path] | None = None,
+        tensors: TensorStore | None = None,
+        default_model: Callable[[], Awaitable[Path]] | None = None,
     ) -> None:
         self.pool = pool
         self.tensors = tensors
+        self.default_model = default_model
         self.limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
         self.roots = settings.image_root_paths if roots is None else roots
 
-    async def one(self, item: ImagePath) -> Decoded | Exception:
+    async def one(self, item: ImagePath, default_model: Path) -> Decoded | Exception:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(self.pool, decode_one, item, self.limits, self.roots),
+                loop.run_in_executor(self.pool, decode_one, item, self.limits, self.roots, default_model),
                 settings.decode_timeout,
             )
         except TimeoutError:
@@ -104,7 +110,10 @@ class Decoder:
     async def batch(self, items: list[ImagePath]) -> Outcome:
         outcome = Outcome()
         decoded: list[tuple[ImagePath, Decoded]] = []
-        for item, result in zip(items, await asyncio.gather(*map(self.one, items)), strict=True):
+        # The default for this batch: the promoted model, once this worker knows which it is.
+        default = await self.default_model() if self.default_model else settings.model_spec_path
+        results = await asyncio.gather(*(self.one(item, default) for item in items))
+        for item, result in zip(items, results, strict=True):
             if isinstance(result, Decoded):
                 decoded.append((item, result))
             else:
@@ -127,11 +136,12 @@ def stage(
     failures: TopicT = failed_topic,
     roots: Sequence[Path] | None = None,
     tensors: TensorStore | None = None,
+    default_model: Callable[[], Awaitable[Path]] | None = None,
 ) -> Stage[ImagePath]:
     return Stage(
         "decode",
         parse=parse_event,
-        process=Decoder(pool, roots, tensors).batch,
+        process=Decoder(pool, roots, tensors, default_model).batch,
         output=output,
         failures=failures,
         batch_size=settings.decode_batch_size,
@@ -141,4 +151,5 @@ def stage(
 @app.agent(paths_topic)
 async def decode(stream):
     beside = app.resources.tensors if settings.tensor_store == "mongo" else None
-    await stage(app.resources.decode_pool, tensors=beside).run(stream)
+    resources = app.resources
+    await stage(resources.decode_pool, tensors=beside, default_model=resources.active.default).run(stream)

@@ -26,6 +26,18 @@ class Metrics:
         self.failed = Counter(
             "imgflow_images_failed", "Images that could not go on.", ["stage", "kind"], registry=r
         )
+        self.promotions = Counter(
+            "imgflow_promotions",
+            "Model promotions received, by outcome (applied, refused).",
+            ["outcome"],
+            registry=r,
+        )
+        self.active_model = Gauge(
+            "imgflow_active_model",
+            "The default model for new images (1 for the active name:version).",
+            ["model"],
+            registry=r,
+        )
         self.counted = Counter("imgflow_labels_counted", "Stored results counted in tables.", registry=r)
         self.redelivered = Counter(
             "imgflow_redelivered_skipped",

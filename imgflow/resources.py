@@ -6,6 +6,8 @@
 - ``models``: the bounded cache of loaded classifiers, with the one thread that
   owns TensorFlow (loads and predictions never overlap); the default model
   starts loading when the worker starts, and ``/health/`` is ready once it is in.
+- ``active``: which model is the default for new images, following promotions on the
+  control topic (imgflow/promotion.py).
 - ``decode_pool``: the threads that read and decode images.
 - ``http``: one client session for the calls a worker makes to the others
   (``/counts/`` fan-out), sending the API token when reads are protected.
@@ -23,6 +25,7 @@ from typing import Any
 import aiohttp
 from mode import Service
 
+from imgflow.promotion import ActiveModel
 from imgflow.settings import Settings
 from imgflow.storage import Store
 from imgflow.tensors import TensorStore
@@ -43,6 +46,8 @@ class Resources(Service):
         self.settings = settings
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="imgflow-model")
         self.models = ModelCache(self.model_thread, max_models=3, threads=settings.model_threads or None)
+        #: The default model for new images, following promotions (imgflow/promotion.py).
+        self.active = ActiveModel(settings, self.models, loop=self.loop, beacon=self.beacon)
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
         self._store: Store | None = None
         self._tensors: TensorStore | None = None
@@ -74,14 +79,17 @@ class Resources(Service):
         )
         # In the background: the consumer joins its group meanwhile.
         self.add_future(self._store.ready())
+        await self.add_runtime_dependency(self.active)
         self.add_future(self._load_default_model())
 
     async def _load_default_model(self) -> None:
+        # The default is the promoted model if there is one: known once the control topic is read.
+        default = await self.active.default()
         try:
-            await self.models.get(spec_for(self.settings.model_spec_path))
+            await self.models.get(spec_for(default))
         except Exception:
             # The classify stage turns every image into model_unavailable; /health/ stays "starting".
-            log.exception("the default model %s did not load", self.settings.model_spec_path)
+            log.exception("the default model %s did not load", default)
 
     async def on_stop(self) -> None:
         if self._http is not None:

@@ -139,7 +139,7 @@ def test_decode_refuses_outside_paths_without_opening_them(tree: dict[str, Path]
     outside = [tree["secret"] / "key.png", tree["root"] / "escape.png", fifo, Path("/etc/passwd")]
     for path in outside:
         with opened_files() as opened, pytest.raises(ImageRejected) as info:
-            decode_one(item(path, default_model_spec), Limits(), roots)
+            decode_one(item(path, default_model_spec), Limits(), roots, default_model_spec)
         assert info.value.kind == "outside_roots", path
         targets = {str(path), str(Path(path).resolve())}
         assert not targets & set(opened), f"{path} was opened: {opened}"
@@ -153,7 +153,7 @@ def test_decode_reads_an_allowed_file_through_its_checked_real_path(
 
     link = tree["root"] / "inner.png"
     with opened_files() as opened:
-        decoded = decode_one(item(link, default_model_spec), Limits(), [tree["root"]])
+        decoded = decode_one(item(link, default_model_spec), Limits(), [tree["root"]], default_model_spec)
     assert decoded.record.shape == [224, 224, 3] and len(decoded.pixels) == 224 * 224 * 3
     assert decoded.record.meta.file_name == "inner.png"  # the name it was sent as
     # The audit hook does see opens: the checked real path, never the link.

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from faust.cli import option
+from faust.cli import argument, option
 
 from imgflow.app import app, settings
 from models.training import HeadOptions
@@ -238,3 +238,52 @@ async def dataset(self, kind: str, out: str) -> None:
     written = write_faces_dataset(Path(out)) if kind == "faces" else write_photo_classes(Path(out))
     counts = ", ".join(f"{label} {len(paths)}" for label, paths in written.items())
     self.say(f"wrote {kind} into {out}: {counts}")
+
+
+@app.command(
+    argument("spec", required=False),
+    option("--rollback", is_flag=True, default=False, help="Restore the default before the current one."),
+    option("--show", is_flag=True, default=False, help="Only print the current promotion."),
+    option(
+        "--wait", type=float, default=30.0, help="Seconds to wait for every worker to switch (0: no wait)."
+    ),
+)
+async def promote(self, spec: str | None, rollback: bool, show: bool, wait: float) -> None:
+    """Make a model version the default for new images on every worker, without a restart."""
+    from imgflow import promotion as pr
+    from models.spec import ModelError, load_spec
+
+    current = await pr.read_current(settings)
+    if show:
+        if current is None:
+            self.say(f"no promotion: the default is IMGFLOW_MODEL ({settings.model_spec_path})")
+        else:
+            self.say(json.dumps(current.__dict__, indent=1))
+        return
+    if bool(spec) == rollback:
+        self.say("promote: give a SPEC, or --rollback", file=self.stderr)
+        raise SystemExit(EXIT_USAGE)
+    try:
+        if rollback:
+            record = pr.rollback_of(current, settings, pr.who())
+        else:
+            chosen = load_spec(spec or "")
+            if not chosen.artefact.exists():
+                raise ModelError(f"{chosen.key}: artefact {chosen.artefact} is missing")
+            record = pr.next_promotion(current, chosen.spec_path, chosen.key, pr.who())
+    except (ModelError, ValueError) as exc:
+        self.say(f"promote: {exc}", file=self.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    await pr.publish(settings, record)
+    was = current.model if current else "IMGFLOW_MODEL"
+    self.say(f"promoted {record.model} ({record.spec or settings.model_spec_path}); was {was}")
+    if wait <= 0:
+        return
+    target = Path(record.spec) if record.spec else settings.model_spec_path
+    reached = await pr.wait_for_workers(settings, target.resolve(), record.promoted_at, wait)
+    for url, seconds in reached.items():
+        state = f"switched {seconds:.2f} s after the promotion" if seconds is not None else "not switched"
+        self.say(f"  {url}: {state}")
+    if any(s is None for s in reached.values()):
+        self.say(f"promote: not every worker switched within {wait:g} s (see their logs)", file=self.stderr)
+        raise SystemExit(2)

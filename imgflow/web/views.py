@@ -166,9 +166,18 @@ def lag() -> int | None:
     return total if known else None
 
 
+def _model_key(spec_path: Any) -> str | None:
+    from models.registry import spec_for
+
+    try:
+        return spec_for(spec_path).key
+    except Exception:  # a spec that does not read: the models list and the log say why
+        return None
+
+
 @app.page("/health/")
 class Health(View):
-    """Ready when the worker has joined its group and loaded the default model."""
+    """Ready when the worker has joined its group, knows its default model and has loaded it."""
 
     async def get(self, request: Request) -> Response:
         models = app.resources.models
@@ -179,7 +188,8 @@ class Health(View):
         loaded = [{"name": s.name, "version": s.version, "spec": str(s.spec_path)} for s in models.loaded]
         rebalancing = bool(app.rebalancing)
         # A worker with no partitions (more workers than partitions) is still ready.
-        ready = bool(loaded) and not rebalancing and _joined["done"]
+        active = app.resources.active
+        ready = bool(loaded) and not rebalancing and _joined["done"] and active.caught_up
         try:
             current_lag = lag()
         except Exception:
@@ -193,6 +203,15 @@ class Health(View):
             "worker": f"{socket.gethostname()}:{app.conf.web_port}",
             "url": _norm(app.conf.canonical_url),
             "models": loaded,
+            # The default for new images (imgflow/promotion.py): promoted, or IMGFLOW_MODEL.
+            "active_model": {
+                "spec": str(active.spec_path),
+                "model": _model_key(active.spec_path),
+                "refused": active.refused.model if active.refused else None,
+                "promoted_at": active.promotion.promoted_at if active.promotion else None,
+                "switched_at": active.switched_at,
+                "known": active.caught_up,
+            },
             "assigned": assigned,
             "rebalancing": rebalancing,
             "lag": current_lag,

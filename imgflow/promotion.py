@@ -1,0 +1,262 @@
+"""Which model classifies new images: data on a control topic that every worker follows.
+
+``faust -A imgflow promote SPEC`` appends a record to ``<prefix>-control`` (one partition,
+compacted on real Kafka: only the latest record per key is needed); every worker reads that
+topic from its beginning with a consumer of its own (no group, so each worker sees every
+record) and keeps following it. A worker switches its default when a promotion arrives:
+it loads the promoted model first and only then sends new images to it, so nothing waits
+for a load and a model that does not load is refused (logged, counted, the old default
+kept) instead of failing images. Images already decoded for the old default finish with
+it; every prediction keeps its model and version, so a switch shows in the counts per
+model and in ``compare``.
+
+A record carries the spec paths promoted before it (``history``), so ``promote --rollback``
+goes back one step without reading the topic's past, which compaction would have removed.
+An empty ``spec`` means "the configured default" (``IMGFLOW_MODEL``).
+
+Until a worker has read the topic to its end it does not decode (:meth:`ActiveModel.default`):
+a restarted worker must not classify a burst of images with a model that was retired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mode import Service
+
+from imgflow.metrics import METRICS
+from imgflow.settings import Settings
+from models.registry import ModelCache
+from models.spec import load_spec
+
+log = logging.getLogger(__name__)
+
+KEY = b"default-model"
+#: Spec paths a promotion remembers for rollbacks.
+HISTORY = 20
+
+
+@dataclass(frozen=True)
+class Promotion:
+    spec: str  # absolute spec path; "" = the configured default
+    model: str  # name:version, for people and the dashboard
+    promoted_at: float
+    by: str
+    history: list[str] = field(default_factory=list)  # earlier specs, most recent last
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> Promotion:
+        data = json.loads(value)
+        return cls(
+            spec=str(data["spec"]),
+            model=str(data["model"]),
+            promoted_at=float(data["promoted_at"]),
+            by=str(data.get("by", "")),
+            history=[str(s) for s in data.get("history", [])],
+        )
+
+
+def control_topic(settings: Settings) -> str:
+    return settings.topic("control")
+
+
+def who() -> str:
+    return f"{os.environ.get('USER') or os.environ.get('LOGNAME') or 'unknown'}@{socket.gethostname()}"
+
+
+def next_promotion(current: Promotion | None, spec_path: Path, model: str, by: str) -> Promotion:
+    """The record that makes ``spec_path`` the default after ``current`` (pure)."""
+    history = [*current.history, current.spec][-HISTORY:] if current else []
+    return Promotion(str(spec_path), model, time.time(), by, history)
+
+
+def rollback_of(current: Promotion | None, settings: Settings, by: str) -> Promotion:
+    """The record that restores the default before ``current`` (pure, bar reading that spec)."""
+    if current is None or (not current.spec and not current.history):
+        raise ValueError("nothing to roll back: no model was promoted")
+    previous = current.history[-1] if current.history else ""
+    model = load_spec(previous or settings.model_spec_path).key
+    return Promotion(previous, model, time.time(), by, current.history[:-1])
+
+
+async def ensure_topic(settings: Settings) -> None:
+    """Create the control topic (one partition, compacted) if it is not there."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        topic = NewTopic(control_topic(settings), 1, 1, topic_configs={"cleanup.policy": "compact"})
+        await admin.create_topics([topic])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
+async def read_current(settings: Settings) -> Promotion | None:
+    """The latest promotion on the control topic (None if there is none)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    await ensure_topic(settings)
+    tp = TopicPartition(control_topic(settings), 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        latest: Promotion | None = None
+        while await consumer.position(tp) < end:
+            for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                if msg.key == KEY and msg.value:
+                    latest = Promotion.decode(msg.value)
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def publish(settings: Settings, promotion: Promotion) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    await ensure_topic(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(control_topic(settings), promotion.encode(), key=KEY, partition=0)
+    finally:
+        await producer.stop()
+
+
+class ActiveModel(Service):
+    """This worker's default model, following the control topic (module docstring)."""
+
+    def __init__(self, settings: Settings, models: ModelCache, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.models = models
+        self.spec_path: Path = settings.model_spec_path
+        self.promotion: Promotion | None = None  # the one applied
+        self.refused: Promotion | None = None  # the latest that did not load
+        self.switched_at: float | None = None
+        self._caught_up = asyncio.Event()
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    async def default(self) -> Path:
+        """The default spec path, once the control topic has been read to its end."""
+        await self._caught_up.wait()
+        return self.spec_path
+
+    async def on_start(self) -> None:
+        self.add_future(self._follow())
+
+    async def _follow(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.errors import KafkaError
+
+        tp = TopicPartition(control_topic(self.settings), 0)
+        while not self.should_stop:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=500,
+                client_id=f"imgflow-control-{socket.gethostname()}",
+            )
+            try:
+                await ensure_topic(self.settings)
+                await consumer.start()
+                consumer.assign([tp])
+                await consumer.seek_to_beginning(tp)
+                end = (await consumer.end_offsets([tp]))[tp]
+                while not self.should_stop:
+                    latest = None
+                    for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                        if msg.key == KEY and msg.value:
+                            latest = msg.value
+                    if latest is not None:
+                        await self._switch(Promotion.decode(latest))
+                    if not self.caught_up and await consumer.position(tp) >= end:
+                        self._caught_up.set()
+                        log.info("default model: %s", self.spec_path)
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, OSError) as exc:
+                log.warning("following %s failed (%s); again in 2 s", tp.topic, exc)
+                await asyncio.sleep(2)
+            finally:
+                await consumer.stop()
+
+    async def _switch(self, promotion: Promotion) -> None:
+        path = Path(promotion.spec) if promotion.spec else self.settings.model_spec_path
+        if promotion in (self.promotion, self.refused):
+            return
+        try:
+            spec = load_spec(path)  # read again: the file may be new since a cached read
+            await self.models.get(spec)
+        except Exception as exc:
+            METRICS.promotions.labels("refused").inc()
+            log.error(
+                "promoted model %s (%s) does not load, keeping %s: %s",
+                promotion.model,
+                path,
+                self.spec_path,
+                exc,
+            )
+            self.refused = promotion  # not retried until the next promotion
+            return
+        previous, self.spec_path, self.promotion = self.spec_path, spec.spec_path, promotion
+        self.switched_at = time.time()
+        METRICS.promotions.labels("applied").inc()
+        METRICS.active_model.clear()
+        METRICS.active_model.labels(spec.key).set(1)
+        log.info(
+            "default model is now %s (%s, was %s), promoted by %s %.1f s ago",
+            spec.key,
+            spec.spec_path,
+            previous,
+            promotion.by,
+            self.switched_at - promotion.promoted_at,
+        )
+
+
+async def wait_for_workers(
+    settings: Settings, spec_path: Path, promoted_at: float, timeout: float
+) -> dict[str, float | None]:
+    """Per worker (``IMGFLOW_WORKER_URLS``): seconds from the promotion until its ``/health/``
+    named ``spec_path`` as its default, or None if it did not within ``timeout``."""
+    import aiohttp
+
+    from imgflow.web.auth import auth_headers
+
+    reached: dict[str, float | None] = dict.fromkeys(settings.worker_url_list)
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=2), headers=auth_headers(settings)
+    ) as http:
+        while time.monotonic() < deadline and any(v is None for v in reached.values()):
+            for url in [u for u, v in reached.items() if v is None]:
+                try:
+                    async with http.get(f"{url}/health/") as response:
+                        body = await response.json()
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    continue
+                active = body.get("active_model") or {}
+                if active.get("spec") and Path(active["spec"]) == spec_path and active.get("switched_at"):
+                    reached[url] = max(0.0, float(active["switched_at"]) - promoted_at)
+            await asyncio.sleep(0.1)
+    return reached
