@@ -25,6 +25,7 @@ from dashboard.filters import FiltersView
 from dashboard.format import esc
 from dashboard.gallery import GalleryView
 from dashboard.live import CountsView, ThroughputView
+from dashboard.quality import QualityView
 
 
 def in_session(doc, fn) -> None:
@@ -64,6 +65,7 @@ class Dashboard(Viewer):
         self.failures = FailuresView(store=self.store)
         self.compare = CompareView(store=self.store)
         self.corrections = CorrectionsView(store=self.store)
+        self.quality = QualityView(store=self.store)
         self._seen_version = self.feed.version
         self._pending = False
         # The detail column takes room only while an image is open in it.
@@ -113,6 +115,7 @@ class Dashboard(Viewer):
             ),
             ("Failures", self.failures),
             ("Model comparison", self.compare),
+            ("Model quality", self.quality),
             ("Corrected labels", self.corrections),
             sizing_mode="stretch_width",
         )

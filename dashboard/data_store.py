@@ -338,6 +338,18 @@ class DataStore(param.Parameterized):
     def compare(self, model_a: str, model_b: str, limit: int = 20, progress=None) -> dict[str, Any]:
         return compare_models(self.db, model_a, model_b, limit=limit, progress=progress)
 
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The newest stored evaluations (``faust -A imgflow evaluate``), shared by the sessions."""
+        from imgflow import evaluations
+
+        return self._shared(("evaluations",), lambda: evaluations.newest(self.db))
+
+    def feedback_accuracy(self) -> dict[str, Any]:
+        """Each model version's accuracy against the corrections (``imgflow.evaluations``)."""
+        from imgflow import evaluations
+
+        return self._shared(("feedback_accuracy",), lambda: evaluations.feedback_accuracy(self.db))
+
     def label_counts(self) -> Counter:
         """Effective labels of the images matching the filters (for tests and summaries)."""
         docs = self.db.images.find(self.query(), {"label": 1, "feedback": 1})

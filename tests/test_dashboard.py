@@ -1150,3 +1150,53 @@ def test_the_launcher_warns_on_the_dashboard_when_the_broker_grows(db, mongo_url
     notices.clear(db, "broker-memory")
     feed.apply(feed.collect())
     assert feed.notices == []
+
+
+@e2e
+def test_quality_view_shows_evaluations_and_accuracy_against_corrections(db, seeded):
+    from dashboard.quality import QualityView
+    from imgflow import evaluations
+
+    ids = seeded["ids"]
+    # Version 2.0.0 re-classifies three images; people correct two images and confirm one.
+    for name, label in {"cat-1.png": "tabby", "cat-2.png": "tiger cat", "rocket.png": "missile"}.items():
+        doc = db.images.find_one({"_id": ids[name]})
+        store_predictions(
+            db,
+            [prediction(ids[name], Path(doc["path"]), label, 0.8, version="2.0.0", submitted=NOW)],
+            datetime.now(UTC),
+        )
+    store = store_for(db, seeded)
+    assert store.correct_label(ids["cat-2.png"], "tiger cat")  # 1.0.0 said tabby, 2.0.0 tiger cat
+    assert store.correct_label(ids["rocket.png"], "space shuttle")  # 1.0.0 right, 2.0.0 wrong
+    assert store.correct_label(ids["cat-1.png"], "tabby")  # a confirmation: both right
+    evaluations.save(
+        db,
+        {
+            "model": f"{MODEL}:2.0.0",
+            "data": "/data/cats",
+            "held_out": True,
+            "created_at": "2026-12-02T10:00:00+00:00",
+            "metrics": {"images": 40, "accuracy": 0.95, "macro_f1": 0.94},
+            "binary": {"roc_auc": 0.99, "chosen": {"threshold": 0.42, "target": "best_f1"}},
+        },
+    )
+
+    found = evaluations.feedback_accuracy(db)
+    assert found["corrected_images"] == 3
+    v1, v2 = found["models"][f"{MODEL}:1.0.0"], found["models"][f"{MODEL}:2.0.0"]
+    assert (v1["images"], v1["correct"]) == (3, 2)  # tabby right, tiger cat wrong, space shuttle right
+    assert (v2["images"], v2["correct"]) == (3, 2)  # tabby right, tiger cat right, missile wrong
+    assert v1["by_label"]["tiger cat"] == {"images": 1, "correct": 0, "accuracy": 0.0}
+    assert v2["by_label"]["space shuttle"] == {"images": 1, "correct": 0, "accuracy": 0.0}
+    assert evaluations.feedback_accuracy(db, model=f"{MODEL}:2.0.0")["models"].keys() == {f"{MODEL}:2.0.0"}
+
+    view = QualityView(store=store)
+    rows = view.evaluations.value.to_dict("records")
+    assert [(r["model"], r["accuracy"], r["roc_auc"], r["threshold"]) for r in rows] == [
+        (f"{MODEL}:2.0.0", 0.95, 0.99, 0.42)
+    ]
+    by_model = {r["model"]: r["accuracy"] for r in view.by_model.value.to_dict("records")}
+    assert by_model == {f"{MODEL}:1.0.0": pytest.approx(2 / 3), f"{MODEL}:2.0.0": pytest.approx(2 / 3)}
+    assert len(view.by_label.value) == 6 and set(view.by_day.value["model"]) == set(by_model)
+    assert "3 corrected image(s)" in view.intro.object

@@ -68,8 +68,9 @@ def test_promote_switches_every_worker_follows_restarts_and_rolls_back(pipeline:
     assert stored(pipeline, images[20:30]) == {"tint:2": 10}
 
     # A model that does not load is refused: the worker keeps its default, nothing fails.
-    refused = pipeline.run("promote", str(broken / "model.toml"), "--wait", "10", timeout=120,
-                           IMGFLOW_WORKER_URLS=restarted.url)  # fmt: skip
+    refused = pipeline.run(
+        "promote", str(broken / "model.toml"), "--wait", "10", timeout=120, IMGFLOW_WORKER_URLS=restarted.url
+    )
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "not switched" in refused.stdout
     wait_until(lambda: restarted.health()[1]["active_model"]["refused"] == "broken:1", 60, "refused")

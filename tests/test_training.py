@@ -192,10 +192,25 @@ def test_train_and_evaluate_commands_store_the_evaluation(
 ):
     (warm_cool / "cool" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     trained = pipeline.run(
-        "train", "--data", str(warm_cool), "--base", str(base.spec_path), "--out", str(tmp_path / "m"),
-        "--binary", "warm", "--version", "7", "--epochs", "30", "--learning-rate", "0.1", "--seed", "3",
+        "train",
+        "--data",
+        str(warm_cool),
+        "--base",
+        str(base.spec_path),
+        "--out",
+        str(tmp_path / "m"),
+        "--binary",
+        "warm",
+        "--version",
+        "7",
+        "--epochs",
+        "30",
+        "--learning-rate",
+        "0.1",
+        "--seed",
+        "3",
         timeout=300,
-    )  # fmt: skip
+    )
     assert trained.returncode == 0, trained.stderr
     assert "skipped" in trained.stderr and "broken.png" in trained.stderr
     assert "trained warm-cool:7 from 24 images" in trained.stdout
