@@ -20,7 +20,9 @@ h1{font-size:1.4rem;margin-bottom:.2rem} h2{font-size:1.1rem;margin-top:2rem}
 td,th{padding:.25rem .6rem;border-bottom:1px solid #e3e7eb;text-align:right}
 th:first-child,td:first-child{text-align:left} .tiles{display:flex;gap:1rem;flex-wrap:wrap}
 .tile{border:1px solid #e3e7eb;border-radius:6px;padding:.6rem 1rem;min-width:8rem}
-.tile b{display:block;font-size:1.4rem} .plots img{max-width:100%} code{font-size:12px}
+.tile b{display:block;font-size:1.4rem} code{font-size:12px}
+.plots{display:flex;gap:1.5rem;flex-wrap:wrap;align-items:flex-start;margin-top:1.5rem}
+.plots img{max-width:100%} .plots figure{margin:0} figcaption{font-weight:600;margin-bottom:.3rem}
 """
 
 
@@ -44,7 +46,7 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
 
 def confusion_plot(confusion: dict[str, Any]) -> str:
     labels, matrix = confusion["labels"], confusion["matrix"]
-    size = max(3.5, 0.45 * len(labels) + 2)
+    size = max(3.2, 0.45 * len(labels) + 2)
     fig, ax = _figure(size, size)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -60,7 +62,7 @@ def confusion_plot(confusion: dict[str, Any]) -> str:
 
 
 def roc_plot(binary: dict[str, Any]) -> str:
-    fig, ax = _figure(4.2, 4.0)
+    fig, ax = _figure(3.6, 3.4)
     ax.plot(binary["roc"]["fpr"], binary["roc"]["tpr"], label=f"AUC {binary['roc_auc']:.3f}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     chosen = binary["chosen"]
@@ -81,7 +83,7 @@ def roc_plot(binary: dict[str, Any]) -> str:
 def sweep_plot(binary: dict[str, Any]) -> str:
     sweep = binary["sweep"]
     xs = [r["threshold"] for r in sweep]
-    fig, ax = _figure(5.5, 3.6)
+    fig, ax = _figure(4.6, 3.4)
     for key in ("precision", "recall", "f1"):
         ax.plot(xs, [r[key] for r in sweep], label=key)
     ax.axvline(
@@ -133,12 +135,16 @@ def render_html(evaluation: dict[str, Any]) -> str:
         f"<div class='tiles'>{''.join(tiles)}</div>",
         "<h2>Per class</h2><table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>"
         f"<th>images</th></tr>{rows}</table>",
-        f"<h2>Confusion matrix</h2><div class='plots'>{confusion_plot(metrics['confusion'])}</div>",
     ]
+    figures = [("Confusion matrix", confusion_plot(metrics["confusion"]))]
     if binary and binary.get("roc_auc") is not None:
-        parts.append(
-            f"<h2>ROC and thresholds</h2><div class='plots'>{roc_plot(binary)}{sweep_plot(binary)}</div>"
-        )
+        figures += [("ROC curve", roc_plot(binary)), ("Threshold sweep", sweep_plot(binary))]
+    parts.append(
+        "<div class='plots'>"
+        + "".join(f"<figure><figcaption>{e(name)}</figcaption>{img}</figure>" for name, img in figures)
+        + "</div>"
+    )
+    if binary and binary.get("roc_auc") is not None:
         chosen = binary["chosen"]
         met = "" if chosen["met"] else " (not met: the best recall reachable is shown)"
         parts.append(
