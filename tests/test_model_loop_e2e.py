@@ -81,6 +81,7 @@ def test_train_evaluate_replay_compare_promote(pipeline: Pipeline, tmp_path: Pat
     promoted = ok(
         pipeline.run("promote", str(spec), "--wait", "60", timeout=120, IMGFLOW_WORKER_URLS=worker.url)
     )
+    print(promoted)  # how long the worker took to load and switch, with -s
     assert f"promoted {FACES}" in promoted and "switched" in promoted
     fresh = tmp_path / "fresh"
     copies = []
