@@ -64,6 +64,7 @@ __all__ = [
 #: The file name of a trained model's record beside its spec.
 TRAINING_FILE = "training.json"
 SPEC_FILE = "model.toml"
+KERAS_SPEC_FILE = "model-keras.toml"
 
 
 class TrainingError(ValueError):
@@ -384,11 +385,17 @@ def write_model(
     binary: bool,
     threshold: float,
     record: dict[str, Any],
+    tflite: bool = False,
 ) -> ModelSpec:
-    """The base network with the new head, as a Keras artefact with its spec and record."""
+    """The base network with the new head, as a Keras artefact and its spec.
+
+    With ``tflite`` the spec (``model.toml``) is a TFLite conversion, the fastest backend on a
+    CPU, and ``model-keras.toml`` the Keras original (version ``<version>-keras``), as
+    ``build-model`` writes the default model.
+    """
     import keras
 
-    from models.efficientnet_lite.artefacts import save_keras, write_atomically
+    from models.efficientnet_lite.artefacts import keras_to_tflite, save_keras, write_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     model = keras.saving.load_model(base.artefact, compile=False)
@@ -415,6 +422,11 @@ def write_model(
         f"# Trained by `faust -A imgflow train`: a new head on {base.key}'s pooled features,\n"
         f"# from {record['data']} (see {TRAINING_FILE}).\n"
     )
+    if tflite:
+        keras_spec = {**spec, "version": f"{version}-keras"}
+        write_atomically(out / KERAS_SPEC_FILE, (header + tomli_w.dumps(keras_spec)).encode())
+        write_atomically(out / f"{name}.tflite", keras_to_tflite(full))
+        spec |= {"format": "tflite", "artefact": f"{name}.tflite"}
     write_atomically(out / SPEC_FILE, (header + tomli_w.dumps(spec)).encode())
     return load_spec(out / SPEC_FILE)
 
@@ -444,6 +456,7 @@ def train(
     cache_dir: Path | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    tflite: bool = False,
 ) -> Trained:
     """Train a head on ``data`` over ``base_spec`` and write the model to ``out`` (module docstring).
 
@@ -528,6 +541,7 @@ def train(
         binary=binary is not None,
         threshold=threshold,
         record=record,
+        tflite=tflite,
     )
     timings["write_s"] = time.perf_counter() - wrote
     timings["total_s"] = time.perf_counter() - started

@@ -235,3 +235,18 @@ def test_train_and_evaluate_commands_store_the_evaluation(
 
     refused = pipeline.run("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert refused.returncode == 1 and "not a folder" in refused.stderr
+
+
+def test_a_model_trained_for_tflite_answers_as_its_keras_original(tmp_path: Path, base, warm_cool: Path):
+    from models.backends import load_classifier
+
+    trained = train(warm_cool, base, tmp_path / "m", version="3", options=FAST, tflite=True)
+    keras_spec = load_spec(tmp_path / "m" / "model-keras.toml")
+    assert (trained.spec.format, trained.spec.key) == ("tflite", f"{warm_cool.name}:3")
+    assert (keras_spec.format, keras_spec.key) == ("keras", f"{warm_cool.name}:3-keras")
+
+    pixels = np.stack(
+        [np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in sorted(warm_cool.rglob("*.png"))]
+    )
+    fast, original = load_classifier(trained.spec), load_classifier(keras_spec)
+    np.testing.assert_allclose(fast.predict_raw(pixels), original.predict_raw(pixels), atol=1e-4)

@@ -58,6 +58,9 @@ class Bars:
         "--target", default="best-f1", help="Binary threshold on the held-out split: best-f1 or recall:0.95."
     ),
     option("--cache", default=None, help="Feature cache folder (default: IMGFLOW_HOME/features)."),
+    option(
+        "--tflite", is_flag=True, default=False, help="Serve it as TFLite (faster; the Keras spec beside)."
+    ),
 )
 async def train(
     self,
@@ -73,6 +76,7 @@ async def train(
     seed: int,
     target: str,
     cache: str | None,
+    tflite: bool,
 ) -> None:
     """Train a new head on a base model's pooled features; writes an ordinary model spec."""
     from models.evaluation import parse_target
@@ -96,6 +100,7 @@ async def train(
             options=HeadOptions(epochs=epochs, learning_rate=learning_rate, seed=seed),
             cache_dir=Path(cache) if cache else settings.home / "features",
             progress=bars,
+            tflite=tflite,
         )
     except (TrainingError, ModelError, ValueError) as exc:
         self.say(f"train: {exc}", file=self.stderr)
