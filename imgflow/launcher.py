@@ -81,8 +81,13 @@ class Stack:
         committed past every record of the chain, stops them, starts an empty broker on the same
         port, clears the workers' table state (it belongs to the old changelogs) and starts
         everything again. The watcher's journal and the simulator pick up where they were;
-        the live window counts start again (the totals are MongoDB's).
+        the live window counts start again (the totals are MongoDB's). A promoted default model
+        (imgflow/promotion.py) is carried over to the new broker before the workers start.
         """
+        from imgflow import promotion
+        from imgflow.broker import wait_for_broker
+
+        on_broker = settings.model_copy(update={"broker_url": self.env["BROKER_URL"]})
         [broker] = self.named("tansu")
         inputs = self.named("watcher", "simulator")
         workers = self.named("worker")
@@ -98,10 +103,19 @@ class Stack:
             )
         for svc in workers:
             self.retire(svc)
+        promoted = asyncio.run(promotion.read_current(on_broker))
         index = self.services.index(broker)
         self.retire(broker)
         fresh = start_broker(self.home / "logs", port=broker.port)
         self.services.insert(index, fresh)
+        if promoted is not None:
+
+            async def carry(record: promotion.Promotion) -> None:
+                await wait_for_broker(on_broker.bootstrap_servers)
+                await promotion.publish(on_broker, record)
+
+            asyncio.run(carry(promoted))
+            print(f"   carried the promotion of {promoted.model} over to the new broker", flush=True)
         for svc in workers:
             data_dir = self.specs[svc.name][2].get("IMGFLOW_DATA_DIR")
             if data_dir:

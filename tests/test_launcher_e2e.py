@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -154,6 +155,9 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
     from PIL import Image
     from pymongo import MongoClient
 
+    from imgflow.promotion import next_promotion, publish, read_current
+    from imgflow.settings import Settings
+
     rng = np.random.default_rng(7)
     # A limit the broker passes within a minute (it keeps ~10 KB per image) and its own start
     # does not (its topics and the group: ~3 MB).
@@ -162,6 +166,14 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
     inbox = demo.home / "inbox"
     dropped: list[str] = []
     try:
+        # A promoted default model (here the configured one, named explicitly) outlives the roll.
+        demo.wait_for("broker ", 120)
+        broker = re.search(r"broker\s+(kafka://\S+)", demo.out)
+        assert broker, demo.out
+        on_broker = Settings(BROKER_URL=broker.group(1), IMGFLOW_TOPIC_PREFIX="imgflow")  # type: ignore[call-arg]
+        promoted = next_promotion(None, default_model_spec.resolve(), "efficientnet-lite0:1.0.0", "test")
+        asyncio.run(publish(on_broker, promoted))
+        assert "Rolling over" not in demo.out  # the record went to the broker that will be rolled
         demo.wait_for("stored ", 240)
         rolling = demo.wait_for("Rolling over to a fresh broker now", 120)
         # Files keep coming while the chain drains, the broker is swapped and all restarts.
@@ -189,6 +201,8 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
         while missing() and time.monotonic() < deadline:
             time.sleep(1)
         assert not missing(), f"{len(missing())} of {len(dropped)} dropped images never stored"
+        assert "carried the promotion of efficientnet-lite0:1.0.0 over" in demo.out, demo.out
+        assert asyncio.run(read_current(on_broker)) == promoted
     finally:
         demo.interrupt()
     out = demo.out
