@@ -1,10 +1,14 @@
-"""Stage 1, decode: ``imgflow-paths`` -> ``imgflow-tensors``.
+"""Stage 1, decode: ``imgflow-paths`` and ``imgflow-frames`` -> ``imgflow-tensors``.
 
-Reads the file a path points to, validates and decodes it with Pillow off the
-event loop, and emits a uint8 tensor sized for the model that will classify it.
-A path outside the image roots (``Settings.image_root_paths``) is refused
-before the file is touched: anyone who can write to the paths topic could
-otherwise make a worker read any file it can (``/etc/passwd``).
+Reads the file a path points to (or takes a frame's bytes), validates and decodes
+it with Pillow off the event loop, and emits a uint8 tensor sized for the model
+that will classify it. A path outside the image roots (``Settings.image_root_paths``)
+is refused before the file is touched: anyone who can write to the paths topic
+could otherwise make a worker read any file it can (``/etc/passwd``).
+
+Frames (imgflow/frames.py) are kept in MongoDB once decoded, before their tensors
+are published, so that a stored result's preview can always be read; a
+``frame://`` path on the paths topic (a replay) is decoded from there.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from faust.types import EventT, TopicT
 
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
-from imgflow.imaging import ImageRejected, Limits, decode_image
+from imgflow.frames import Frame, FrameStore, frame_key, is_frame, parse_frame
+from imgflow.imaging import DecodedFile, ImageRejected, Limits, decode_data, decode_image
 from imgflow.metrics import METRICS
 from imgflow.records import DecodedImage, ImageMeta, ImagePath, message_id, parse_image_path, tensor_message
 from imgflow.roots import require_inside_roots
 from imgflow.storage import retry_forever
 from imgflow.tensors import IN_MONGO, TensorStore, blob_id
-from imgflow.topics import failed_topic, paths_topic, tensors_topic
+from imgflow.topics import failed_topic, frames_topic, paths_topic, tensors_topic
 from models.registry import spec_for
 
 log = logging.getLogger(__name__)
@@ -42,16 +47,37 @@ class Decoded:
     pixels: bytes
 
 
-def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path], default_model: Path) -> Decoded:
+def decode_one(
+    item: ImagePath,
+    limits: Limits,
+    roots: Sequence[Path],
+    default_model: Path,
+    data: bytes | None = None,
+    frames: FrameStore | None = None,
+) -> Decoded:
     """Pure work for one image (runs in a worker thread).
 
-    The roots are checked first and the checked real path is what is read, so
-    a link swapped in afterwards cannot redirect the read. An image not pinned to a
-    model (a replay's ``--model``) is decoded for ``default_model``.
+    A file's roots are checked first and the checked real path is what is read, so
+    a link swapped in afterwards cannot redirect the read. A frame is decoded from
+    ``data`` (its message's bytes) or, for a ``frame://`` path without them (a replay),
+    from ``frames``. An image not pinned to a model (a replay's ``--model``) is decoded
+    for ``default_model``.
     """
-    real = require_inside_roots(item.path, roots)
-    spec = spec_for(item.model or default_model)
-    decoded = decode_image(real, spec.input_size, spec.resize, limits, draft=settings.decode_draft)
+    if is_frame(item.path):
+        spec = spec_for(item.model or default_model)
+        name = str(item.attrs.get("file_name") or frame_key(item.path)[1])
+        if data is None:
+            if frames is None:
+                raise ImageRejected("frame_gone", "this stage keeps no frames to decode a frame:// path from")
+            data = frames.read(item.path)
+        decoded: DecodedFile = decode_data(
+            data, name, spec.input_size, spec.resize, limits, draft=settings.decode_draft
+        )
+    else:
+        real = require_inside_roots(item.path, roots)
+        spec = spec_for(item.model or default_model)
+        decoded = decode_image(real, spec.input_size, spec.resize, limits, draft=settings.decode_draft)
+        name = Path(item.path).name  # the name it was sent as, not a link's target
     record = DecodedImage(
         image_id=item.image_id,
         path=item.path,
@@ -61,7 +87,7 @@ def decode_one(item: ImagePath, limits: Limits, roots: Sequence[Path], default_m
         model=str(spec.spec_path),
         shape=list(decoded.tensor.shape),
         meta=ImageMeta(
-            file_name=Path(item.path).name,  # the name it was sent as, not a link's target
+            file_name=name,
             width=decoded.width,
             height=decoded.height,
             format=decoded.format,
@@ -79,6 +105,12 @@ def parse_event(event: EventT) -> ImagePath:
     return parse_image_path(event.value, event.key, message_id(msg.topic, msg.partition, msg.offset))
 
 
+def parse_frame_event(event: EventT) -> Frame:
+    msg = event.message
+    headers = dict(msg.headers or ())
+    return parse_frame(event.value, event.key, headers, message_id(msg.topic, msg.partition, msg.offset))
+
+
 class Decoder:
     """Decodes a batch in the decode threads, each image bounded in time."""
 
@@ -88,36 +120,50 @@ class Decoder:
         roots: Sequence[Path] | None = None,
         tensors: TensorStore | None = None,
         default_model: Callable[[], Awaitable[Path]] | None = None,
+        frames: FrameStore | None = None,
     ) -> None:
         self.pool = pool
         self.tensors = tensors
+        self.frames = frames
         self.default_model = default_model
         self.limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
         self.roots = settings.image_root_paths if roots is None else roots
 
-    async def one(self, item: ImagePath, default_model: Path) -> Decoded | Exception:
+    async def one(
+        self, item: ImagePath, default_model: Path, data: bytes | None = None
+    ) -> Decoded | Exception:
         loop = asyncio.get_running_loop()
+        work = partial(decode_one, item, self.limits, self.roots, default_model, data, self.frames)
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self.pool, decode_one, item, self.limits, self.roots, default_model),
-                settings.decode_timeout,
-            )
+            return await asyncio.wait_for(loop.run_in_executor(self.pool, work), settings.decode_timeout)
         except TimeoutError:
             return ImageRejected("decode_timeout", f"decoding took longer than {settings.decode_timeout:g}s")
         except Exception as exc:  # a bad image never stops the stage
             return exc
 
-    async def batch(self, items: list[ImagePath]) -> Outcome:
+    async def batch(self, items: Sequence[ImagePath | Frame]) -> Outcome:
         outcome = Outcome()
-        decoded: list[tuple[ImagePath, Decoded]] = []
+        decoded: list[tuple[ImagePath | Frame, Decoded]] = []
         # The default for this batch: the promoted model, once this worker knows which it is.
         default = await self.default_model() if self.default_model else settings.model_spec_path
-        results = await asyncio.gather(*(self.one(item, default) for item in items))
+        results = await asyncio.gather(
+            *(
+                self.one(item.record, default, item.data)
+                if isinstance(item, Frame)
+                else self.one(item, default)
+                for item in items
+            )
+        )
         for item, result in zip(items, results, strict=True):
             if isinstance(result, Decoded):
                 decoded.append((item, result))
             else:
                 outcome.failed.append((item, result))
+        kept = [item for item, _ in decoded if isinstance(item, Frame)]
+        if kept:  # a frame is kept before its result can exist, so its preview always can be read
+            if self.frames is None:
+                raise RuntimeError("a decode stage that takes frames needs a FrameStore")
+            await retry_forever("keep frames", partial(asyncio.to_thread, self.frames.put, kept))
         elsewhere = None
         if self.tensors is not None and decoded:  # the pixels beside the messages, first
             blobs = [(blob_id(d.record.image_id, d.record.decoded_at), d.pixels) for _, d in decoded]
@@ -125,7 +171,7 @@ class Decoder:
             elsewhere = IN_MONGO
         for item, d in decoded:
             value, headers = tensor_message(d.record, d.pixels, elsewhere)
-            outcome.outputs.append((item, item.image_id, value, headers))
+            outcome.outputs.append((item, d.record.image_id, value, headers))
         METRICS.decoded.inc(len(outcome.outputs))
         return outcome
 
@@ -137,11 +183,13 @@ def stage(
     roots: Sequence[Path] | None = None,
     tensors: TensorStore | None = None,
     default_model: Callable[[], Awaitable[Path]] | None = None,
-) -> Stage[ImagePath]:
+    frames: FrameStore | None = None,
+    parse: Callable[[EventT], ImagePath | Frame] = parse_event,
+) -> Stage[ImagePath | Frame]:
     return Stage(
         "decode",
-        parse=parse_event,
-        process=Decoder(pool, roots, tensors, default_model).batch,
+        parse=parse,
+        process=Decoder(pool, roots, tensors, default_model, frames).batch,
         output=output,
         failures=failures,
         batch_size=settings.decode_batch_size,
@@ -152,4 +200,20 @@ def stage(
 async def decode(stream):
     beside = app.resources.tensors if settings.tensor_store == "mongo" else None
     resources = app.resources
-    await stage(resources.decode_pool, tensors=beside, default_model=resources.active.default).run(stream)
+    await stage(
+        resources.decode_pool, tensors=beside, default_model=resources.active.default, frames=resources.frames
+    ).run(stream)
+
+
+@app.agent(frames_topic)
+async def decode_frames(stream):
+    """The same stage for frames: bytes in the message instead of a path."""
+    beside = app.resources.tensors if settings.tensor_store == "mongo" else None
+    resources = app.resources
+    await stage(
+        resources.decode_pool,
+        tensors=beside,
+        default_model=resources.active.default,
+        frames=resources.frames,
+        parse=parse_frame_event,
+    ).run(stream)

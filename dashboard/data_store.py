@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from dashboard import feedback
 from dashboard.feed import LiveFeed
-from dashboard.previews import THUMB_PX, preview_jpeg
+from dashboard.previews import THUMB_PX, frame_preview_jpeg, preview_jpeg
 from dashboard.queries import (
     ALL,
     compare_models,
@@ -38,6 +38,7 @@ from dashboard.queries import (
     recent_failures,
 )
 from dashboard.stats import counted
+from imgflow.frames import is_frame
 from imgflow.ranges import Cursor, Guide, cursor_of
 from imgflow.rates import History
 from imgflow.tally import model_versions_of
@@ -279,7 +280,10 @@ class DataStore(param.Parameterized):
 
     def thumbnail(self, doc: dict[str, Any], px: int = THUMB_PX) -> bytes | None:
         max_bytes, max_pixels = self._limits()
-        return preview_jpeg(doc.get("path"), self.roots, px, max_bytes, max_pixels)
+        path = doc.get("path")
+        if is_frame(path):  # kept in MongoDB, not in a folder (imgflow/frames.py)
+            return frame_preview_jpeg(self.db, path, px, max_pixels)
+        return preview_jpeg(path, self.roots, px, max_bytes, max_pixels)
 
     # -- edits (dashboard.feedback), recorded as self.actor ---------------------------------------
 

@@ -36,33 +36,80 @@ def safe_image_path(path: str | os.PathLike | None, roots: Iterable[Path]) -> Pa
     return resolved
 
 
+def _scaled(im, px: int, max_pixels: int) -> bytes | None:
+    """An opened image, oriented, flattened on white and scaled to fit ``px``, as JPEG bytes."""
+    from PIL import Image, ImageOps
+
+    if im.width * im.height > max_pixels:
+        return None
+    im.draft("RGB", (px, px))  # JPEG: decode at a reduced scale, much faster
+    im.seek(0)
+    out = ImageOps.exif_transpose(im)
+    if out.mode in ("RGBA", "LA", "PA") or (out.mode == "P" and "transparency" in out.info):
+        rgba = out.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        out = out.convert("RGB")
+    out.thumbnail((px, px), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
 @lru_cache(maxsize=1024)
 def _render(path: str, mtime_ns: int, size: int, px: int, max_bytes: int, max_pixels: int) -> bytes | None:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if size > max_bytes:
         return None
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as fh, Image.open(fh) as im:
-            if im.width * im.height > max_pixels:
-                return None
-            im.draft("RGB", (px, px))  # JPEG: decode at a reduced scale, much faster
-            im.seek(0)
-            out = ImageOps.exif_transpose(im)
-            if out.mode in ("RGBA", "LA", "PA") or (out.mode == "P" and "transparency" in out.info):
-                rgba = out.convert("RGBA")
-                out = Image.new("RGB", rgba.size, (255, 255, 255))
-                out.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                out = out.convert("RGB")
-            out.thumbnail((px, px), Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            out.save(buf, "JPEG", quality=85)
-            return buf.getvalue()
+            return _scaled(im, px, max_pixels)
     except Exception as exc:  # unreadable, truncated, not an image: no preview, never an error page
         log.debug("no preview for %s: %s", path, exc)
         return None
+
+
+def render_bytes(data: bytes, px: int, max_pixels: int = 64_000_000) -> bytes | None:
+    """:func:`preview_jpeg` for an image in memory (a kept frame)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _scaled(im, px, max_pixels)
+    except Exception as exc:
+        log.debug("no preview for a frame: %s", exc)
+        return None
+
+
+def frame_preview_jpeg(db, path: str, px: int = THUMB_PX, max_pixels: int = 64_000_000) -> bytes | None:
+    """The preview of a ``frame://`` path from MongoDB ``frames`` (imgflow/frames.py), or
+    None once the frame is no longer kept. Renders are cached by frame (frames never change)."""
+    from imgflow.frames import FrameStore, frame_key
+
+    try:
+        _source, image_id = frame_key(path)
+    except ValueError:
+        return None
+    cached = _frame_cache.get((image_id, px))
+    if cached is not None:
+        return cached
+    data = FrameStore(db, keep=1).get(image_id)
+    if data is None:
+        return None
+    jpeg = render_bytes(data, px, max_pixels)
+    if jpeg is not None:
+        if len(_frame_cache) >= FRAME_CACHE:
+            _frame_cache.pop(next(iter(_frame_cache)))
+        _frame_cache[(image_id, px)] = jpeg
+    return jpeg
+
+
+#: Rendered frame previews, oldest first out: a page of the gallery asks for the same ones again.
+FRAME_CACHE = 512
+_frame_cache: dict[tuple[str, int], bytes] = {}
 
 
 def preview_jpeg(

@@ -176,14 +176,37 @@ def decode_image(
 
     ``draft``: decode a large JPEG at a reduced scale first (see :func:`decode_bytes`).
     """
+    return decode_data(read_file(path, limits), path.name, size, resize, limits, draft=draft)
+
+
+def check_size(data: bytes, name: str, limits: Limits) -> None:
+    """The file checks of :func:`read_file` for bytes that arrived without a file (frames)."""
+    if not data:
+        raise ImageRejected("empty_file", f"{name} is empty (0 bytes)")
+    if len(data) > limits.max_file_bytes:
+        raise ImageRejected(
+            "file_too_large", f"{name} is {len(data):,} bytes, over the {limits.max_file_bytes:,}-byte limit"
+        )
+
+
+def decode_data(
+    data: bytes,
+    name: str,
+    size: tuple[int, int],
+    resize: str,
+    limits: Limits = Limits(),
+    *,
+    draft: bool = True,
+) -> DecodedFile:
+    """:func:`decode_image` for an image already in memory (a file's bytes, a frame)."""
     from models.preprocess import fit_to_input
 
-    data = read_file(path, limits)
-    opened = decode_bytes(data, path.name, limits, at_least=DRAFT_MARGIN * max(size) if draft else None)
+    check_size(data, name, limits)
+    opened = decode_bytes(data, name, limits, at_least=DRAFT_MARGIN * max(size) if draft else None)
     tensor = fit_to_input(opened.image, size, resize)
     return DecodedFile(
         tensor=np.ascontiguousarray(tensor, dtype=np.uint8),
-        file_name=path.name,
+        file_name=name,
         width=opened.width,
         height=opened.height,
         format=opened.format,

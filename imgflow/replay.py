@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,8 +143,19 @@ class ReplayReport:
         return "\n".join(lines)
 
 
-def _item_from(topic_kind: str, value: bytes | None, key: bytes | None, fallback: str) -> ImagePath:
-    """A paths message as it was, or a dead letter turned back into one."""
+def _item_from(
+    topic_kind: str,
+    value: bytes | None,
+    key: bytes | None,
+    fallback: str,
+    headers: Sequence[tuple[str, bytes]] | None = None,
+) -> ImagePath:
+    """A paths message as it was, a frame as its ``frame://`` path (decoded again from
+    MongoDB ``frames`` while it is kept), or a dead letter turned back into one."""
+    if topic_kind == "frames":
+        from imgflow.frames import parse_frame
+
+        return parse_frame(value, key, dict(headers or ()), fallback).record
     if topic_kind == "failed":
         failure = parse(Failure, value)
         if not failure.path:
@@ -220,7 +231,11 @@ async def scan(
                         continue
                     try:
                         item = _item_from(
-                            topic_kind, rec.value, rec.key, message_id(topic, tp.partition, rec.offset)
+                            topic_kind,
+                            rec.value,
+                            rec.key,
+                            message_id(topic, tp.partition, rec.offset),
+                            rec.headers,
                         )
                     except MalformedMessage:
                         yield ("malformed", tp.partition)
@@ -267,8 +282,8 @@ async def replay(
 ) -> ReplayReport:
     """Select records of ``imgflow-<topic_kind>`` and (unless ``dry_run``) re-publish them."""
     settings = settings or get_settings()
-    if topic_kind not in ("paths", "failed"):
-        raise ValueError("replay reads the paths topic or the failed topic (dead letters)")
+    if topic_kind not in ("paths", "frames", "failed"):
+        raise ValueError("replay reads the paths topic, the frames topic or the failed topic (dead letters)")
     if model is not None:
         from models.spec import load_spec
 

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from mode import Service
 
+from imgflow.frames import FrameStore
 from imgflow.promotion import ActiveModel
 from imgflow.settings import Settings
 from imgflow.storage import Store
@@ -51,6 +52,7 @@ class Resources(Service):
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
         self._store: Store | None = None
         self._tensors: TensorStore | None = None
+        self._frames: FrameStore | None = None
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -65,6 +67,13 @@ class Resources(Service):
         if self._tensors is None:
             self._tensors = TensorStore(self.store.sync_db, self.settings.tensor_ttl)
         return self._tensors
+
+    @property
+    def frames(self) -> FrameStore:
+        """Frames kept for previews and replays (imgflow/frames.py): every worker can read them."""
+        if self._frames is None:
+            self._frames = FrameStore(self.store.sync_db, self.settings.frames_keep)
+        return self._frames
 
     @property
     def http(self) -> aiohttp.ClientSession:

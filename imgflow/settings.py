@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     #: memory: ``make demo`` uses mongo). ``tensor_ttl``: how long unclaimed pixels are kept.
     tensor_store: Literal["kafka", "mongo"] = Field("kafka", validation_alias=_env("IMGFLOW_TENSOR_STORE"))
     tensor_ttl: float = Field(24 * 3600.0, gt=0, validation_alias=_env("IMGFLOW_TENSOR_TTL"))
+    #: Frames (imgflow/frames.py) kept in MongoDB per source, for previews and replays.
+    frames_keep: int = Field(1000, ge=1, validation_alias=_env("IMGFLOW_FRAMES_KEEP"))
     #: ``make demo`` warns (output and dashboard) when the embedded broker's memory passes this
     #: many MB; 0: a quarter of this machine's memory.
     broker_memory_warn_mb: float = Field(0.0, ge=0, validation_alias=_env("IMGFLOW_BROKER_MEMORY_WARN_MB"))

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import PyMongoError
 
-from imgflow import rates, tensors
+from imgflow import frames, rates, tensors
 from imgflow.mongo import connect, connect_async
 from imgflow.records import Failure, Prediction
 from imgflow.tally import FAILURES, IMAGES, Tally, predictions_key, sweep
@@ -390,7 +390,11 @@ def ensure_indexes(db: Any) -> None:
     for indexes in (
         INDEXES,
         TALLY_INDEXES,
-        {rates.COLLECTION: rates.INDEXES, tensors.COLLECTION: tensors.INDEXES},
+        {
+            rates.COLLECTION: rates.INDEXES,
+            tensors.COLLECTION: tensors.INDEXES,
+            frames.COLLECTION: frames.INDEXES,
+        },
     ):
         for name, models in indexes.items():
             db[name].create_indexes(models)

@@ -31,6 +31,8 @@ def _topic(stage: str):
 
 
 paths_topic = _topic("paths")
+#: Encoded images as bytes, for sources without a shared path (imgflow/frames.py).
+frames_topic = _topic("frames")
 tensors_topic = _topic("tensors")
 predictions_topic = _topic("predictions")
 stored_topic = _topic("stored")
@@ -38,6 +40,7 @@ failed_topic = _topic("failed")
 
 ALL_TOPICS = {
     "paths": paths_topic,
+    "frames": frames_topic,
     "tensors": tensors_topic,
     "predictions": predictions_topic,
     "stored": stored_topic,

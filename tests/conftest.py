@@ -68,6 +68,22 @@ def mongo_url(services_dir: Path) -> Iterator[str]:
         mongo.stop()
 
 
+@pytest.fixture
+def scratch_db(mongo_url: str) -> Iterator:
+    """A database of its own on the session's MongoDB-protocol server, dropped after the test."""
+    import uuid
+
+    from pymongo import MongoClient
+
+    client: MongoClient = MongoClient(mongo_url)
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def services(broker_url: str, mongo_url: str, default_model_spec: Path) -> Services:
     """Everything a worker process needs: the broker, MongoDB and the default model."""

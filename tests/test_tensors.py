@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -14,28 +11,15 @@ from imgflow.tensors import TensorStore, blob_id
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def db(mongo_url: str) -> Iterator[Any]:
-    from pymongo import MongoClient
-
-    client: MongoClient = MongoClient(mongo_url)
-    name = f"tensors_{uuid.uuid4().hex[:8]}"
-    try:
-        yield client[name]
-    finally:
-        client.drop_database(name)
-        client.close()
-
-
-def test_pixels_go_in_once_come_out_until_done_and_expire_after_the_ttl(db):
-    store = TensorStore(db, ttl=60)
+def test_pixels_go_in_once_come_out_until_done_and_expire_after_the_ttl(scratch_db):
+    store = TensorStore(scratch_db, ttl=60)
     a, b, c = (blob_id(i, 1.5) for i in "abc")
     store.put([(a, b"\x01" * 12), (b, b"\x02" * 12)])
     store.put([(a, b"\x09" * 12), (c, b"\x03" * 12)])  # a redelivered decode: the first write stays
     assert store.take([a, b, c, "missing"]) == {a: b"\x01" * 12, b: b"\x02" * 12, c: b"\x03" * 12}
     store.done([a])
     assert store.take([a, b]) == {a: None, b: b"\x02" * 12}  # a tombstone: classified already
-    assert "px" not in db.tensors.find_one({"_id": a})
+    assert "px" not in scratch_db.tensors.find_one({"_id": a})
 
     # Bounded by design: tombstones and pixels nobody claimed leave after the ttl.
     later = time.time() + 61

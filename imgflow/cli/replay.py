@@ -10,7 +10,7 @@ from imgflow.app import app, settings
 
 
 @app.command(
-    option("--topic", type=str, default="paths", help="paths (default) or failed (dead letters)."),
+    option("--topic", type=str, default="paths", help="paths (default), frames, or failed (dead letters)."),
     option("--since", default=None, help="ISO time or duration ago (e.g. 2h) on record timestamps."),
     option("--until", default=None, help="ISO time or duration ago; records before it."),
     option("--offsets", multiple=True, help="PARTITION:FIRST-LAST (inclusive) or PARTITION:FIRST-."),
