@@ -2,7 +2,8 @@
 
 Batches tensors, runs one model call per batch in a dedicated thread so the
 event loop keeps heart-beating, and emits one prediction per image with the
-model name and version that made it.
+model name and version that made it. A face model (``output = "faces"``) answers
+with the faces it found, each named after the nearest enrolled person.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import defaultdict
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 from faust.types import EventT, TopicT
@@ -21,12 +23,15 @@ from faust.types import EventT, TopicT
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
+from imgflow.people import People
 from imgflow.records import DecodedImage, Prediction, dumps, parse_tensor
 from imgflow.storage import retry_forever
 from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, predictions_topic, tensors_topic
 from models.backends import Classifier
+from models.face_model import describe_faces, face_answer
 from models.registry import ModelCache, spec_for
+from models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +71,32 @@ def to_array(item: Tensor, expected: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(item.pixels, dtype=np.uint8).reshape(shape)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A model's answer for one image, as a prediction carries it."""
+
+    label: str
+    score: float
+    top_k: list[dict[str, Any]]
+    faces: list[dict[str, Any]] | None = None
+
+
+def answers_of(results: list[list[tuple[str, float]]]) -> list[Answer]:
+    return [
+        Answer(top[0][0], float(top[0][1]), [{"label": label, "score": float(score)} for label, score in top])
+        for top in results
+    ]
+
+
 def predictions_for(
     items: list[DecodedImage],
-    results: list[list[tuple[str, float]]],
-    model: Classifier,
+    answers: list[Answer],
+    spec: ModelSpec,
     inference_ms: float,
 ) -> list[Prediction]:
     now = time.time()
     out = []
-    for item, top in zip(items, results, strict=True):
+    for item, answer in zip(items, answers, strict=True):
         out.append(
             Prediction(
                 image_id=item.image_id,
@@ -82,33 +104,55 @@ def predictions_for(
                 source=item.source,
                 submitted_at=item.submitted_at,
                 predicted_at=now,
-                label=top[0][0],
-                score=float(top[0][1]),
-                top_k=[{"label": label, "score": float(score)} for label, score in top],
-                model=model.spec.name,
-                model_version=model.spec.version,
+                label=answer.label,
+                score=answer.score,
+                top_k=answer.top_k,
+                model=spec.name,
+                model_version=spec.version,
                 inference_ms=inference_ms,
                 batch_size=len(items),
                 meta=item.meta,
                 replay_id=item.replay_id,
                 attrs=item.attrs,
+                faces=answer.faces,
             )
         )
     return out
 
 
+async def answer_group(
+    items: list[DecodedImage], batch: np.ndarray, model: Any, thread: Executor, people: People | None
+) -> list[Answer]:
+    """One model call in the model's thread; a face model's faces named after enrolled people."""
+    loop = asyncio.get_running_loop()
+    spec: ModelSpec = model.spec
+    if spec.output != "faces":
+        return answers_of(await loop.run_in_executor(thread, model.predict, batch))
+    hits = await loop.run_in_executor(thread, model.faces, batch)
+    known = await people.of(spec.name, spec.version) if people is not None else []
+    answers = []
+    for item, found in zip(items, hits, strict=True):
+        faces = describe_faces(found, (item.meta.width, item.meta.height), spec, known, model.match_threshold)
+        label, score, top = face_answer(faces, spec.top_k)
+        answers.append(Answer(label, score, top, faces))
+    return answers
+
+
 async def classify_group(
-    items: list[DecodedImage], arrays: list[np.ndarray], model: Classifier, thread: Executor
+    items: list[DecodedImage],
+    arrays: list[np.ndarray],
+    model: Classifier,
+    thread: Executor,
+    people: People | None = None,
 ) -> tuple[list[Prediction], list[tuple[DecodedImage, Exception]]]:
     """One model call for the group (in the model's thread); if the model rejects it, isolate the culprits."""
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
-        results = await loop.run_in_executor(thread, model.predict, np.stack(arrays))
+        answers = await answer_group(items, np.stack(arrays), model, thread, people)
         elapsed = (time.perf_counter() - started) * 1000
         METRICS.inference.labels(model.spec.key).observe(elapsed / 1000)
         METRICS.classified.labels(model.spec.key).inc(len(items))
-        return predictions_for(items, results, model, elapsed), []
+        return predictions_for(items, answers, model.spec, elapsed), []
     except Exception as exc:
         if len(items) == 1:
             exc.kind = "model_error"  # type: ignore[attr-defined]
@@ -117,7 +161,7 @@ async def classify_group(
     preds: list[Prediction] = []
     failed: list[tuple[DecodedImage, Exception]] = []
     for item, array in zip(items, arrays, strict=True):
-        p, f = await classify_group([item], [array], model, thread)
+        p, f = await classify_group([item], [array], model, thread, people)
         preds += p
         failed += f
     return preds, failed
@@ -126,9 +170,12 @@ async def classify_group(
 class Classify:
     """Groups a batch by the model each tensor was decoded for; one model call per group."""
 
-    def __init__(self, models: ModelCache, tensors: TensorStore | None = None) -> None:
+    def __init__(
+        self, models: ModelCache, tensors: TensorStore | None = None, people: People | None = None
+    ) -> None:
         self.models = models
         self.tensors = tensors
+        self.people = people
 
     async def claim(self, items: list[Tensor], outcome: Outcome) -> list[Tensor]:
         """Fetch the pixels stored beside their messages; mark them done once the batch is safe.
@@ -187,7 +234,11 @@ class Classify:
                 outcome.failed += [(item, exc) for item, _ in group]
                 continue
             preds, failed = await classify_group(
-                [item for item, _ in group], [array for _, array in group], model, self.models.executor
+                [item for item, _ in group],
+                [array for _, array in group],
+                model,
+                self.models.executor,
+                self.people,
             )
             outcome.outputs += [(p, p.image_id, dumps(p)) for p in preds]
             outcome.failed += failed
@@ -199,11 +250,12 @@ def stage(
     output: TopicT = predictions_topic,
     failures: TopicT = failed_topic,
     tensors: TensorStore | None = None,
+    people: People | None = None,
 ) -> Stage[Tensor]:
     return Stage(
         "classify",
         parse=parse_event,
-        process=Classify(models, tensors).batch,
+        process=Classify(models, tensors, people).batch,
         output=output,
         failures=failures,
         batch_size=settings.batch_size,
@@ -212,4 +264,5 @@ def stage(
 
 @app.agent(tensors_topic)
 async def classify(stream):
-    await stage(app.resources.models, tensors=app.resources.tensors).run(stream)
+    resources = app.resources
+    await stage(resources.models, tensors=resources.tensors, people=resources.people).run(stream)

@@ -15,6 +15,7 @@ import panel as pn
 import param
 from panel.viewable import Viewer
 
+from dashboard.camera import LiveTab
 from dashboard.compare import CompareView
 from dashboard.corrections import CorrectionsView
 from dashboard.data_store import DataStore
@@ -66,6 +67,7 @@ class Dashboard(Viewer):
         self.compare = CompareView(store=self.store)
         self.corrections = CorrectionsView(store=self.store)
         self.quality = QualityView(store=self.store)
+        self.live = LiveTab(store=self.store)
         self._seen_version = self.feed.version
         self._pending = False
         # The detail column takes room only while an image is open in it.
@@ -100,8 +102,13 @@ class Dashboard(Viewer):
                 in_session(doc, self.on_feed)
 
         watcher = self.feed.param.watch(on_event, ["refreshed_at"])
+
+        def closed(_ctx) -> None:
+            self.feed.param.unwatch(watcher)
+            self.live.stop()
+
         if doc is not None:
-            doc.on_session_destroyed(lambda _ctx: self.feed.param.unwatch(watcher))
+            doc.on_session_destroyed(closed)
 
     def main(self) -> list:
         tabs = pn.Tabs(
@@ -117,6 +124,7 @@ class Dashboard(Viewer):
             ("Model comparison", self.compare),
             ("Model quality", self.quality),
             ("Corrected labels", self.corrections),
+            ("Live", self.live),
             sizing_mode="stretch_width",
         )
         return [

@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from dashboard import feedback
 from dashboard.feed import LiveFeed
-from dashboard.previews import THUMB_PX, frame_preview_jpeg, preview_jpeg
+from dashboard.previews import THUMB_PX, faces_drawn, frame_preview_jpeg, preview_jpeg
 from dashboard.queries import (
     ALL,
     compare_models,
@@ -284,6 +284,14 @@ class DataStore(param.Parameterized):
         if is_frame(path):  # kept in MongoDB, not in a folder (imgflow/frames.py)
             return frame_preview_jpeg(self.db, path, px, max_pixels)
         return preview_jpeg(path, self.roots, px, max_bytes, max_pixels)
+
+    def picture(self, doc: dict[str, Any], px: int) -> bytes | None:
+        """The detail view's preview: a face model's boxes and names drawn on it."""
+        preview = self.thumbnail(doc, px)
+        faces = (doc.get("prediction") or {}).get("faces")
+        if preview is None or not faces or not doc.get("width"):
+            return preview
+        return faces_drawn(preview, faces, doc["width"])
 
     # -- edits (dashboard.feedback), recorded as self.actor ---------------------------------------
 

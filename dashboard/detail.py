@@ -152,7 +152,7 @@ class DetailView(Viewer):
             return
         label = effective_label(doc)
         corrected = bool((doc.get("feedback") or {}).get("label"))
-        preview = self.store.thumbnail(doc, DETAIL_PX)
+        preview = self.store.picture(doc, DETAIL_PX)
         picture = (
             pn.pane.JPG(
                 preview,

@@ -128,3 +128,16 @@ def preview_jpeg(
     except OSError:
         return None
     return _render(str(real), st.st_mtime_ns, st.st_size, px, max_bytes, max_pixels)
+
+
+def faces_drawn(preview: bytes, faces: list[dict], original_width: int) -> bytes:
+    """A preview JPEG with face boxes (in the original image's pixels) and names drawn on it."""
+    from PIL import Image
+
+    from imgflow.annotate import draw_result
+
+    with Image.open(io.BytesIO(preview)) as im:
+        drawn = draw_result(im, "", 0.0, faces, scale=im.width / original_width)
+    buf = io.BytesIO()
+    drawn.save(buf, "JPEG", quality=85)
+    return buf.getvalue()

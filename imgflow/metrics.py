@@ -38,6 +38,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.annotated = Counter(
+            "imgflow_images_annotated",
+            "Results drawn on their image for imgflow-annotated, by outcome (sent, no_original).",
+            ["outcome"],
+            registry=r,
+        )
         self.counted = Counter("imgflow_labels_counted", "Stored results counted in tables.", registry=r)
         self.redelivered = Counter(
             "imgflow_redelivered_skipped",

@@ -77,6 +77,12 @@ class Prediction(faust.Record, include_metadata=False, validation=True):
     meta: ImageMeta
     replay_id: str | None = None
     attrs: dict[str, Any] = {}
+    #: A face model's answer (``output = "faces"``): one object per face, most confident first:
+    #: ``box`` [x0, y0, x1, y1] in the original image's pixels, ``score`` (detection),
+    #: ``identity`` (an enrolled person, or ``unknown``), ``distance`` (to that person, or to
+    #: the nearest one), ``embedding`` (unit vector). ``label`` is then the first face's
+    #: identity, or ``no_face``.
+    faces: list[dict[str, Any]] | None = None
 
 
 class Stored(faust.Record, include_metadata=False, validation=True):

@@ -26,6 +26,7 @@ import aiohttp
 from mode import Service
 
 from imgflow.frames import FrameStore
+from imgflow.people import People
 from imgflow.promotion import ActiveModel
 from imgflow.settings import Settings
 from imgflow.storage import Store
@@ -53,6 +54,7 @@ class Resources(Service):
         self._store: Store | None = None
         self._tensors: TensorStore | None = None
         self._frames: FrameStore | None = None
+        self._people: People | None = None
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -74,6 +76,13 @@ class Resources(Service):
         if self._frames is None:
             self._frames = FrameStore(self.store.sync_db, self.settings.frames_keep)
         return self._frames
+
+    @property
+    def people(self) -> People:
+        """Enrolled people, for face models to name who they see (imgflow/people.py)."""
+        if self._people is None:
+            self._people = People(self.store.sync_db)
+        return self._people
 
     @property
     def http(self) -> aiohttp.ClientSession:

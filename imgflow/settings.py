@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     #: memory: ``make demo`` uses mongo). ``tensor_ttl``: how long unclaimed pixels are kept.
     tensor_store: Literal["kafka", "mongo"] = Field("kafka", validation_alias=_env("IMGFLOW_TENSOR_STORE"))
     tensor_ttl: float = Field(24 * 3600.0, gt=0, validation_alias=_env("IMGFLOW_TENSOR_TTL"))
+    #: Publish every result drawn on its image to ``<prefix>-annotated`` (agents/annotate.py).
+    annotate: bool = Field(False, validation_alias=_env("IMGFLOW_ANNOTATE"))
     #: Frames (imgflow/frames.py) kept in MongoDB per source, for previews and replays.
     frames_keep: int = Field(1000, ge=1, validation_alias=_env("IMGFLOW_FRAMES_KEEP"))
     #: ``make demo`` warns (output and dashboard) when the embedded broker's memory passes this

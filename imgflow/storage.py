@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import PyMongoError
 
-from imgflow import frames, rates, tensors
+from imgflow import frames, people, rates, tensors
 from imgflow.mongo import connect, connect_async
 from imgflow.records import Failure, Prediction
 from imgflow.tally import FAILURES, IMAGES, Tally, predictions_key, sweep
@@ -215,7 +215,7 @@ def prediction_ops(
                     "bytes": meta.bytes,
                     "sha256": meta.sha256,
                     "submitted_at": when(p.submitted_at),
-                    "prediction": _result(p),
+                    "prediction": _result(p, embeddings=False),
                     # Flattened copies serve the dashboard's indexed filters.
                     "label": p.label,
                     "score": p.score,
@@ -233,7 +233,12 @@ def prediction_ops(
     return {"predictions": predictions, "images": images, "versions": versions}
 
 
-def _result(p: Prediction) -> dict[str, Any]:
+def _result(p: Prediction, embeddings: bool = True) -> dict[str, Any]:
+    """A prediction as stored; a face model's faces too (``embeddings``: with their vectors,
+    which only ``predictions`` keeps: ``images`` shows the faces, it does not search them)."""
+    faces = {}
+    if p.faces is not None:
+        faces = {"faces": p.faces if embeddings else [_without(f, "embedding") for f in p.faces]}
     return {
         "label": p.label,
         "score": p.score,
@@ -243,7 +248,12 @@ def _result(p: Prediction) -> dict[str, Any]:
         "requested_at": when(p.submitted_at),
         "predicted_at": when(p.predicted_at),
         "rank": recency(p),
+        **faces,
     }
+
+
+def _without(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != key}
 
 
 def failure_ops(failures: Iterable[Failure], token: str | None = None) -> list[UpdateOne]:
@@ -394,6 +404,7 @@ def ensure_indexes(db: Any) -> None:
             rates.COLLECTION: rates.INDEXES,
             tensors.COLLECTION: tensors.INDEXES,
             frames.COLLECTION: frames.INDEXES,
+            people.COLLECTION: people.INDEXES,
         },
     ):
         for name, models in indexes.items():

@@ -36,6 +36,8 @@ frames_topic = _topic("frames")
 tensors_topic = _topic("tensors")
 predictions_topic = _topic("predictions")
 stored_topic = _topic("stored")
+#: Opt-in (IMGFLOW_ANNOTATE): each result drawn on its image, JPEG (agents/annotate.py).
+annotated_topic = _topic("annotated")
 failed_topic = _topic("failed")
 
 ALL_TOPICS = {

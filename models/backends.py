@@ -282,6 +282,10 @@ def load_classifier(spec: ModelSpec, *, warm_up: bool = True, threads: int | Non
     for graph tracing and a broken model fails here, at start, not on the first message.
     Safe to call from a worker thread.
     """
+    if spec.format == "faces":  # the built-in detector + embedder, weights in its packages
+        from models.face_model import load_face_model
+
+        return load_face_model(spec, threads)  # type: ignore[return-value]
     _check_artefact(spec)
     started = time.perf_counter()
     try:

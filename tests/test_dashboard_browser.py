@@ -215,3 +215,60 @@ def test_dashboard_in_chromium_shows_filters_hides_and_corrects(pipeline: Pipeli
         stop(proc)
     print(f"\ndashboard screenshot: {screenshot}  ({time.monotonic() - started:.0f}s)")
     assert screenshot.stat().st_size > 10_000
+
+
+#: Chromium's fake camera (a moving test pattern) and an automatic yes to the camera prompt.
+FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+def test_live_tab_streams_the_webcam_and_shows_uploads_in_chromium(pipeline: Pipeline, tmp_path: Path):
+    """The Live tab: Chromium's fake camera through the frames topic, results back on the page;
+    an upload from the page shown with its result once stored."""
+    from playwright.sync_api import expect, sync_playwright
+
+    worker = pipeline.start_worker()
+    db = pipeline.mongo()
+    photo_path = write_dataset(tmp_path / "dataset", variants=1)[0]
+    worker.wait_ready()
+    log = tmp_path / "dashboard.log"
+    proc, url = start_dashboard(pipeline, worker.url, tmp_path / "dataset", log)
+    try:
+        wait_until(lambda: answers(url, proc, log), 60, "panel serve to answer")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *FAKE_CAMERA], headless=True
+            )
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                context.grant_permissions(["camera"])
+                page = context.new_page()
+                page.set_default_timeout(30_000)
+                page.goto(url)
+                page.locator(".bk-tab").filter(has_text="Live").click()
+                page.get_by_role("button", name="Start camera").click()
+                # Results come back for the camera's frames: the counters move and a label shows.
+                expect(page.locator(".live-stats")).to_contain_text("results", timeout=60_000)
+                wait_until(
+                    lambda: db.images.count_documents({"source": {"$regex": "^webcam-"}}) >= 2,
+                    120,
+                    "two webcam frames stored",
+                )
+                webcam = db.images.find_one({"source": {"$regex": "^webcam-"}})
+                assert webcam["path"].startswith(f"frame://{webcam['source']}/")
+                expect(page.locator(".live-result")).not_to_contain_text("Start the camera", timeout=60_000)
+                expect(page.locator(".live-stats")).not_to_contain_text("results 0", timeout=60_000)
+                page.get_by_role("button", name="Stop camera").click()
+
+                # Upload from the page: sent as a frame, its result shown when stored.
+                page.locator("input[type=file]").set_input_files(str(photo_path))
+                wait_until(
+                    lambda: db.images.find_one({"source": "upload-page"}), 120, "the uploaded image stored"
+                )
+                uploaded = db.images.find_one({"source": "upload-page"})
+                assert uploaded["file_name"] == photo_path.name
+                expect(page.locator(".upload-result")).to_contain_text(uploaded["label"], timeout=30_000)
+                page.screenshot(path=str(tmp_path / "live.png"))
+            finally:
+                browser.close()
+    finally:
+        stop(proc)
