@@ -33,7 +33,7 @@ from dashboard.format import esc, meta
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8
-POLL_MS = 250
+POLL_MS = 100
 #: Uploaded results shown, newest first.
 UPLOADS_SHOWN = 12
 #: Frames a result is still awaited for after being sent (seconds): then it counts as lost.

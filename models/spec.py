@@ -27,7 +27,7 @@ faces, each named after the nearest enrolled person (imgflow/people.py)::
 
     format = "faces"
     output = "faces"
-    input_size = [480, 640]          # the detector sees the image scaled to fit, not cropped
+    input_size = [360, 480]          # the detector sees the image scaled to fit, not cropped
     resize = "letterbox"
     preprocessing = "none"
     threshold = 0.9                  # lowest detection score kept
