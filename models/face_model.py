@@ -83,7 +83,8 @@ def warm_up_image(spec: ModelSpec) -> np.ndarray:
     except ImportError:
         height, width = spec.input_size
         return np.zeros((height, width, 3), dtype=np.uint8)
-    return fit_to_input(Image.fromarray(data.astronaut()), spec.input_size, spec.resize)
+    face = data.astronaut()  # type: ignore[no-untyped-call]
+    return fit_to_input(Image.fromarray(face), spec.input_size, spec.resize)
 
 
 def describe_faces(
