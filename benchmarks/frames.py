@@ -11,7 +11,11 @@ One run, one machine (read ratios, not absolute numbers):
   default classifier and for the face model. Then ``--burst`` frames at once: the worker's
   frames/s at saturation with each model.
 
-The Live tab sees a result up to ``dashboard.camera.POLL_MS`` after it is stored (it polls).
+- ``page``: the whole way, as a person sees it: the dashboard's Live tab in headless
+  Chromium with its fake camera at the tab's default 5 frames/s for ``--seconds``; the
+  tab's own figures (sent, results, dropped; latency from a snapshot's arrival at the
+  dashboard to its result on the page, which polls MongoDB every ``POLL_MS``).
+
 Writes ``benchmarks/results/frames.json`` (``--out``).
 """
 
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,12 +194,88 @@ def chain(
     return result
 
 
+def page(model: Path, broker, mongo, home: Path, seconds: float) -> dict[str, Any]:
+    """The Live tab in Chromium with a fake camera: what its stats line says after ``seconds``."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    env = deployment_env(broker.url, mongo.url, prefix, home, model)
+    worker = Service("worker", free_port(), home / f"{prefix}-worker.log")
+    dash = Service("dashboard", free_port(), home / f"{prefix}-dashboard.log")
+    try:
+        worker.start(worker_argv(worker.port, loglevel="warn"), env=env)
+        wait_ready(worker, timeout=300)
+        dash_env = {**env, "IMGFLOW_WORKER_URLS": f"http://127.0.0.1:{worker.port}"}
+        argv = [
+            sys.executable,
+            "-m",
+            "panel",
+            "serve",
+            str(ROOT / "dashboard" / "app.py"),
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(dash.port),
+            "--allow-websocket-origin",
+            f"127.0.0.1:{dash.port}",
+        ]
+        dash.start(argv, env=dash_env)
+        url = f"http://127.0.0.1:{dash.port}/app"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--no-first-run",
+                    "--use-fake-device-for-media-stream",
+                    "--use-fake-ui-for-media-stream",
+                ],
+            )
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                context.grant_permissions(["camera"])
+                tab = context.new_page()
+                tab.goto(url)
+                tab.locator(".bk-tab").filter(has_text="Live").click()
+                tab.get_by_role("button", name="Start camera").click()
+                tab.wait_for_timeout(seconds * 1000)
+                text = tab.get_by_text(re.compile(r"^sent \d+")).inner_text()
+            finally:
+                browser.close()
+    finally:
+        dash.stop(timeout=15)
+        worker.stop(timeout=30)
+    numbers = dict(re.findall(r"(sent|results|dropped) (\d+)", text))
+    latency = dict(re.findall(r"(p50|p95) (\d+) ms", text))
+    return {
+        "seconds": seconds,
+        "stats": text,
+        **{k: int(v) for k, v in numbers.items()},
+        **{f"{k}_ms": int(v) for k, v in latency.items()},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.frames", description=__doc__.split("\n")[0])
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--burst", type=int, default=120)
     parser.add_argument("--count", type=int, default=48, help="distinct frames")
+    parser.add_argument("--skip-page", action="store_true", help="no dashboard + Chromium run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "frames.json")
     args = parser.parse_args()
     settings = Settings()
@@ -224,6 +305,12 @@ def main() -> int:
             results["classifier"] = chain(classifier, jpegs, broker, mongo, home, args)
             print("the chain, face model...", flush=True)
             results["faces"] = chain(FACE_SPEC, jpegs, broker, mongo, home, args)
+            if not args.skip_page:
+                results["page"] = {}
+                for name, spec in (("classifier", classifier), ("faces", FACE_SPEC)):
+                    print(f"the Live tab in Chromium, fake camera, {name}...", flush=True)
+                    results["page"][name] = page(spec, broker, mongo, home, args.seconds)
+                    print(f"  {results['page'][name]['stats']}", flush=True)
         finally:
             broker.stop()
             mongo.stop()

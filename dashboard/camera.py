@@ -119,7 +119,7 @@ class LiveTab(Viewer):
     """The webcam and the upload box of one browser session."""
 
     store = param.ClassSelector(class_=DataStore)
-    fps = param.Integer(default=2, bounds=(1, 10))
+    fps = param.Integer(default=5, bounds=(1, 10))
     sent = param.Integer(default=0)
     received = param.Integer(default=0)
     dropped = param.Integer(default=0)
@@ -187,6 +187,7 @@ class LiveTab(Viewer):
 
     async def _send(self, data: bytes, source: str, file_name: str | None, origin: str) -> str | None:
         self._sending += 1
+        started = time.time()  # latency on this page: from the snapshot's arrival to its result shown
         try:
             image_id = await self.sender.send(data, source, file_name)
         except Exception as exc:
@@ -195,7 +196,7 @@ class LiveTab(Viewer):
             return None
         finally:
             self._sending -= 1
-        self.waiting[image_id] = (time.time(), data, origin)
+        self.waiting[image_id] = (started, data, origin)
         self.sent += 1
         self._show_stats()
         return image_id
