@@ -81,6 +81,25 @@ class Metrics:
             registry=r,
         )
 
+        # The consumer group's lag on the partitions this worker owns (imgflow/lag.py), set at
+        # each scrape: what an autoscaler (KEDA's Prometheus scaler) sums over the workers.
+        self.consumer_lag = Gauge(
+            "imgflow_consumer_lag",
+            "Messages behind the group's committed offset, per owned topic partition of the chain.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_total = Gauge(
+            "imgflow_consumer_lag_total",
+            "Sum of imgflow_consumer_lag over this worker's partitions.",
+            registry=r,
+        )
+        self.oldest_unprocessed = Gauge(
+            "imgflow_consumer_oldest_unprocessed_seconds",
+            "Age of the oldest message not yet committed past, per owned topic partition (0: none).",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.stalled_partitions = Gauge(
             "imgflow_stalled_partitions",
             "Partitions behind the broker with nothing in flight and no progress (liveness check).",

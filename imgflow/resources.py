@@ -26,6 +26,7 @@ import aiohttp
 from mode import Service
 
 from imgflow.frames import FrameStore
+from imgflow.lag import AgeProbe
 from imgflow.people import People
 from imgflow.promotion import ActiveModel
 from imgflow.settings import Settings
@@ -55,6 +56,8 @@ class Resources(Service):
         self._tensors: TensorStore | None = None
         self._frames: FrameStore | None = None
         self._people: People | None = None
+        #: Reads how old the oldest unprocessed message of a lagging partition is (imgflow/lag.py).
+        self.age_probe = AgeProbe(settings.bootstrap_servers)
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -110,6 +113,7 @@ class Resources(Service):
             log.exception("the default model %s did not load", default)
 
     async def on_stop(self) -> None:
+        await self.age_probe.close()
         if self._http is not None:
             await self._http.close()
         if self._store is not None:

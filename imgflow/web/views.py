@@ -1,6 +1,7 @@
 """Web views on each worker's Faust web server.
 
-- ``GET /health/``: worker id, assigned partitions, models loaded, lag; 503 until ready.
+- ``GET /health/``: worker id, assigned partitions, models loaded, lag (total, per partition,
+  oldest unprocessed age); 503 until ready.
 - ``GET /counts/``: live label counts for the whole cluster, from any worker.
 - ``GET /counts/local/?partitions=0,1``: this worker's share (used by /counts/).
 - ``GET /metrics``: Prometheus text.
@@ -150,20 +151,16 @@ async def _on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
     _joined["done"] = True
 
 
-def lag() -> int | None:
-    """Messages waiting on this worker's assigned partitions of the paths topic, if known."""
-    consumer: Any = app.consumer  # Faust's Consumer: committed offsets are not in ConsumerT
-    total = 0
-    known = False
-    for tp in consumer.assignment():
-        if tp.topic != settings.topic("paths"):
-            continue
-        high = consumer.highwater(tp)
-        committed = consumer._committed_offset.get(tp)
-        if high is not None:
-            known = True
-            total += max(0, high - (committed or 0))
-    return total if known else None
+#: The chain's topics a worker consumes: the ones whose lag it reports.
+CHAIN_INPUTS = ("paths", "frames", "tensors", "predictions", "stored", "failed")
+
+
+async def current_lags() -> list:
+    """Lag and oldest unprocessed age of every chain partition this worker owns (imgflow/lag.py)."""
+    from imgflow.lag import partition_lags
+
+    owned = partition_lags(app.consumer, [settings.topic(kind) for kind in CHAIN_INPUTS])
+    return await app.resources.age_probe.ages(owned)
 
 
 def _model_key(spec_path: Any) -> str | None:
@@ -190,10 +187,12 @@ class Health(View):
         # A worker with no partitions (more workers than partitions) is still ready.
         active = app.resources.active
         ready = bool(loaded) and not rebalancing and _joined["done"] and active.caught_up
+        from imgflow.lag import summary
+
         try:
-            current_lag = lag()
-        except Exception:
-            current_lag = None
+            lagging = summary(await current_lags())
+        except Exception:  # consumer not started yet
+            lagging = {"lag": None, "lag_by_partition": {}, "oldest_unprocessed_s": None}
         from imgflow.liveness import STALLED
 
         stalled = sorted(f"{tp.topic}[{tp.partition}]" for tp in STALLED)
@@ -214,7 +213,8 @@ class Health(View):
             },
             "assigned": assigned,
             "rebalancing": rebalancing,
-            "lag": current_lag,
+            # The group's lag on this worker's partitions of the chain (imgflow/lag.py).
+            **lagging,
             "stalled": stalled,
         }
         return self.json(body, status=200 if status == "ok" else 503)
@@ -270,6 +270,12 @@ def _client_state(consumer: Any) -> dict[str, Any]:
 @app.page("/metrics")
 class Metrics(View):
     async def get(self, request: Request) -> Response:
+        from imgflow.lag import export
+
+        try:
+            export(METRICS, await current_lags())
+        except Exception as exc:  # consumer not started yet: the other series still serve
+            log.debug("no lag figures: %s", exc)
         return self.bytes(METRICS.render(), content_type="text/plain; version=0.0.4")
 
 

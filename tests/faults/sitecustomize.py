@@ -13,6 +13,9 @@ With ``IMGFLOW_FAULT_DROP=<topic suffix>:<partition>:<offset>`` the consumer
 drops that one delivery, once, after fetching it: the symptom of the old
 stall (a record fetched, never delivered, never acknowledged), used to test
 the liveness check that is the second line of defence.
+
+With ``IMGFLOW_FAULT_DECODE_SLEEP=<seconds>`` every image's decode takes that much longer:
+a backlog that stays long enough to be observed (the lag metrics).
 """
 
 from __future__ import annotations
@@ -76,3 +79,19 @@ if _DROP:
         self.callback = _dropping(self.callback, _suffix, int(_partition), int(_offset))
 
     Consumer.__init__ = __init__  # type: ignore[method-assign]
+
+
+_DECODE_SLEEP = float(os.environ.get("IMGFLOW_FAULT_DECODE_SLEEP") or 0)
+
+if _DECODE_SLEEP > 0:
+    import time
+
+    import imgflow.imaging
+
+    _decode_data = imgflow.imaging.decode_data
+
+    def _slow_decode(*args, **kwargs):
+        time.sleep(_DECODE_SLEEP)
+        return _decode_data(*args, **kwargs)
+
+    imgflow.imaging.decode_data = _slow_decode  # type: ignore[assignment]

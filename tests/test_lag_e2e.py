@@ -1,0 +1,83 @@
+"""The consumer group's lag, as an autoscaler reads it: ``/metrics`` parsed by Prometheus'
+own parser and ``/health/``, on a real worker with a backlog (each decode slowed by the
+test fault ``IMGFLOW_FAULT_DECODE_SLEEP``, so the backlog lasts long enough to be read)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from simulator.dataset import write_dataset
+from tests.support import Pipeline, path_message, produce_raw, wait_until
+
+pytestmark = pytest.mark.e2e
+
+FAULTS = Path(__file__).parent / "faults"
+IMAGES = 24
+
+
+def scrape(url: str) -> dict[str, dict[tuple[str, str], float]]:
+    """Every sample of the lag families: name -> {(topic, partition): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("imgflow_consumer_"):
+                key = (sample.labels.get("topic", ""), sample.labels.get("partition", ""))
+                out[sample.name][key] = sample.value
+    return out
+
+
+def test_lag_and_the_oldest_unprocessed_age_rise_with_a_backlog_and_fall_to_zero(
+    pipeline: Pipeline, tmp_path: Path
+):
+    worker = pipeline.start_worker(
+        PYTHONPATH=f"{FAULTS}:{pipeline.env().get('PYTHONPATH', '')}".rstrip(":"),
+        IMGFLOW_FAULT_DECODE_SLEEP="0.5",
+        IMGFLOW_DECODE_THREADS="1",
+        IMGFLOW_DECODE_BATCH_SIZE="1",  # one at a time: none waits long enough to time out
+    )
+    worker.wait_ready()
+    paths_topic = pipeline.topic("paths")
+    idle = scrape(worker.url)
+    assert idle["imgflow_consumer_lag_total"][("", "")] == 0
+    owned = {p for (t, p) in idle["imgflow_consumer_lag"] if t == paths_topic}
+    assert owned == {"0", "1", "2", "3"}  # one worker owns every partition of the paths topic
+
+    dataset = write_dataset(tmp_path / "dataset")[:IMAGES]
+    messages = [path_message(p, source="lag") for p in dataset]
+    asyncio.run(produce_raw(pipeline.services.bootstrap, paths_topic, messages))
+
+    # ~12 s of decoding: the backlog is read while it lasts.
+    def backlog() -> dict | None:
+        found = scrape(worker.url)
+        lags = {k: v for k, v in found["imgflow_consumer_lag"].items() if k[0] == paths_topic}
+        return found if sum(lags.values()) > 0 else None
+
+    found = wait_until(backlog, 30, "a lag on the paths topic")
+    lagging = {k for k, v in found["imgflow_consumer_lag"].items() if k[0] == paths_topic and v > 0}
+    ages = found["imgflow_consumer_oldest_unprocessed_seconds"]
+    assert all(ages[k] >= 0 for k in lagging) and any(ages[k] > 0 for k in lagging)
+    assert found["imgflow_consumer_lag_total"][("", "")] >= sum(
+        found["imgflow_consumer_lag"][k] for k in lagging
+    )
+    _status, health = worker.health()
+    assert health["lag"] >= 0 and set(health["lag_by_partition"]) >= {f"{paths_topic}[{p}]" for p in owned}
+    assert health["oldest_unprocessed_s"] is not None
+
+    db = pipeline.mongo()
+    wait_until(lambda: db.images.count_documents({}) >= IMAGES, 180, "every image stored")
+    assert db.failures.count_documents({}) == 0
+    drained = wait_until(
+        lambda: (s := scrape(worker.url))["imgflow_consumer_lag_total"][("", "")] == 0 and s,
+        60,
+        "the lag back to zero once committed",
+    )
+    assert all(v == 0 for v in drained["imgflow_consumer_oldest_unprocessed_seconds"].values())
