@@ -28,6 +28,7 @@ from imgflow.app import app, settings
 from imgflow.frames import FrameStore, frame_key, is_frame
 from imgflow.imaging import ImageRejected, Limits, read_file
 from imgflow.metrics import METRICS
+from imgflow.objects import is_uri, read_object, require_object_root
 from imgflow.records import RECORD_HEADER, Prediction, parse
 from imgflow.roots import require_inside_roots
 from imgflow.topics import annotated_topic, predictions_topic
@@ -66,6 +67,8 @@ class Annotator:
         try:
             if is_frame(path):
                 return self.frames.get(frame_key(path)[1]) if self.frames is not None else None
+            if is_uri(path):
+                return read_object(require_object_root(path, settings.object_roots), self.limits)
             return read_file(require_inside_roots(path, self.roots), self.limits)
         except ImageRejected:
             return None

@@ -29,6 +29,7 @@ from imgflow.app import app, settings
 from imgflow.frames import Frame, FrameStore, frame_key, is_frame, parse_frame
 from imgflow.imaging import DecodedFile, ImageRejected, Limits, decode_data, decode_image
 from imgflow.metrics import METRICS
+from imgflow.objects import is_uri, read_object, require_object_root
 from imgflow.records import DecodedImage, ImageMeta, ImagePath, message_id, parse_image_path, tensor_message
 from imgflow.roots import require_inside_roots
 from imgflow.storage import retry_forever
@@ -72,6 +73,13 @@ def decode_one(
             data = frames.read(item.path)
         decoded: DecodedFile = decode_data(
             data, name, spec.input_size, spec.resize, limits, draft=settings.decode_draft
+        )
+    elif is_uri(item.path):  # an object store (imgflow/objects.py): the same roots rule, limits, kinds
+        uri = require_object_root(item.path, settings.object_roots)
+        spec = spec_for(item.model or default_model)
+        name = uri.rsplit("/", 1)[-1]
+        decoded = decode_data(
+            read_object(uri, limits), name, spec.input_size, spec.resize, limits, draft=settings.decode_draft
         )
     else:
         real = require_inside_roots(item.path, roots)

@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from dashboard import feedback
 from dashboard.feed import LiveFeed
-from dashboard.previews import THUMB_PX, faces_drawn, frame_preview_jpeg, preview_jpeg
+from dashboard.previews import THUMB_PX, faces_drawn, frame_preview_jpeg, object_preview_jpeg, preview_jpeg
 from dashboard.queries import (
     ALL,
     compare_models,
@@ -39,6 +39,7 @@ from dashboard.queries import (
 )
 from dashboard.stats import counted
 from imgflow.frames import is_frame
+from imgflow.objects import is_uri
 from imgflow.ranges import Cursor, Guide, cursor_of
 from imgflow.rates import History
 from imgflow.tally import model_versions_of
@@ -283,6 +284,10 @@ class DataStore(param.Parameterized):
         path = doc.get("path")
         if is_frame(path):  # kept in MongoDB, not in a folder (imgflow/frames.py)
             return frame_preview_jpeg(self.db, path, px, max_pixels)
+        if is_uri(path):  # an object store (imgflow/objects.py)
+            from imgflow.settings import get_settings
+
+            return object_preview_jpeg(path, get_settings().object_roots, px, max_bytes, max_pixels)
         return preview_jpeg(path, self.roots, px, max_bytes, max_pixels)
 
     def picture(self, doc: dict[str, Any], px: int) -> bytes | None:

@@ -101,15 +101,44 @@ def frame_preview_jpeg(db, path: str, px: int = THUMB_PX, max_pixels: int = 64_0
         return None
     jpeg = render_bytes(data, px, max_pixels)
     if jpeg is not None:
-        if len(_frame_cache) >= FRAME_CACHE:
-            _frame_cache.pop(next(iter(_frame_cache)))
-        _frame_cache[(image_id, px)] = jpeg
+        _remember((image_id, px), jpeg)
     return jpeg
 
 
-#: Rendered frame previews, oldest first out: a page of the gallery asks for the same ones again.
+#: Rendered frame and object previews, oldest first out: a page of the gallery asks for the
+#: same ones again. Keyed by frame id or URI (an uploaded object's key is never reused).
 FRAME_CACHE = 512
 _frame_cache: dict[tuple[str, int], bytes] = {}
+
+
+def _remember(key: tuple[str, int], jpeg: bytes) -> None:
+    if len(_frame_cache) >= FRAME_CACHE:
+        _frame_cache.pop(next(iter(_frame_cache)))
+    _frame_cache[key] = jpeg
+
+
+def object_preview_jpeg(
+    uri: str, roots: list[str], px: int = THUMB_PX, max_bytes: int = 50 * 2**20, max_pixels: int = 64_000_000
+) -> bytes | None:
+    """The preview of an object-store image (imgflow/objects.py), only under an object root."""
+    from imgflow.imaging import ImageRejected, Limits
+    from imgflow.objects import inside_object_roots, read_object
+
+    clean = inside_object_roots(uri, roots)
+    if clean is None:
+        return None
+    cached = _frame_cache.get((clean, px))
+    if cached is not None:
+        return cached
+    try:
+        data = read_object(clean, Limits(max_file_bytes=max_bytes, max_pixels=max_pixels))
+    except ImageRejected as exc:
+        log.debug("no preview for %s: %s", uri, exc)
+        return None
+    jpeg = render_bytes(data, px, max_pixels)
+    if jpeg is not None:
+        _remember((clean, px), jpeg)
+    return jpeg
 
 
 def preview_jpeg(

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     home: Path = Field(Path("var"), validation_alias=_env("IMGFLOW_HOME"))
     model: Path | None = Field(None, validation_alias=_env("IMGFLOW_MODEL"))
     upload_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_UPLOAD_DIR"))
+    #: Uploads go to this object-store prefix (``s3://bucket/uploads``) instead of the folder,
+    #: so every node reads them without a shared volume (imgflow/objects.py).
+    upload_uri: str | None = Field(
+        None, pattern=r"^s3://[^/]+(/.*)?$", validation_alias=_env("IMGFLOW_UPLOAD_URI")
+    )
     dataset_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_DATASET_DIR"))
     watch_dirs: str = Field("", validation_alias=_env("IMGFLOW_WATCH_DIRS"))
     watch_recursive: bool = Field(True, validation_alias=_env("IMGFLOW_WATCH_RECURSIVE"))
@@ -182,8 +187,15 @@ class Settings(BaseSettings):
     def image_root_paths(self) -> list[Path]:
         """The only folders whose files imgflow reads: decode and previews (uploads, dataset,
         watched, ``IMGFLOW_IMAGE_ROOTS``); see imgflow/roots.py."""
-        extra = [Path(p.strip()) for p in self.image_roots.split(",") if p.strip()]
+        extra = [Path(p.strip()) for p in self.image_roots.split(",") if p.strip() and "://" not in p]
         return [self.dataset_path, self.upload_path, *self.watch_paths, *extra]
+
+    @property
+    def object_roots(self) -> list[str]:
+        """The only object-store prefixes imgflow reads (``IMGFLOW_IMAGE_ROOTS`` entries that are
+        URIs, ``IMGFLOW_UPLOAD_URI``); see imgflow/objects.py."""
+        uris = [p.strip() for p in self.image_roots.split(",") if "://" in p]
+        return uris + ([self.upload_uri] if self.upload_uri else [])
 
     @property
     def preview_roots(self) -> list[Path]:

@@ -68,6 +68,31 @@ def mongo_url(services_dir: Path) -> Iterator[str]:
         mongo.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_env(services_dir: Path) -> Iterator[dict[str, str]]:
+    """A real S3-protocol server (moto's, from PyPI) on a free loopback port, for the session:
+    the environment a worker or a client needs to use it (endpoint and test credentials)."""
+    import sys
+
+    from imgflow.embedded import Service, free_port, wait_for_port
+
+    port = free_port()
+    server = Service("moto-s3", port, services_dir / "logs" / "moto.log")
+    moto = Path(sys.executable).parent / "moto_server"
+    server.start([str(moto), "-H", "127.0.0.1", "-p", str(port)])
+    try:
+        assert server.proc is not None
+        wait_for_port(port, server.proc, 30, "the S3-protocol server (moto)")
+        yield {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "imgflow-test",
+            "AWS_SECRET_ACCESS_KEY": "imgflow-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def scratch_db(mongo_url: str) -> Iterator:
     """A database of its own on the session's MongoDB-protocol server, dropped after the test."""

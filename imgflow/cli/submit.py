@@ -18,6 +18,7 @@ from pathlib import Path
 from faust.cli import argument, option
 
 from imgflow.app import app, settings
+from imgflow.objects import inside_object_roots, is_uri
 from imgflow.roots import inside_roots
 
 EXIT_NOTHING_FOUND = 1
@@ -57,7 +58,16 @@ async def submit(
         raise SystemExit(EXIT_NOTHING_FOUND)
     model_path = str(Path(model).resolve()) if model else None
     quiet = no_progress or self.json
-    outside = [p for p in files if inside_roots(p, settings.image_root_paths) is None]
+    outside = [
+        p
+        for p in files
+        if (
+            inside_object_roots(str(p), settings.object_roots)
+            if is_uri(str(p))
+            else inside_roots(p, settings.image_root_paths)
+        )
+        is None
+    ]
     if outside:
         # Workers refuse them (failure kind outside_roots); say so before they are sent.
         self.say(

@@ -23,12 +23,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from imgflow.objects import is_uri
 from imgflow.records import ImagePath, dumps, new_image_id
 from imgflow.settings import Settings
 
 
 def path_message(
-    path: Path,
+    path: Path | str,
     source: str,
     *,
     model: str | None = None,
@@ -43,7 +44,8 @@ def path_message(
     """
     return ImagePath(
         image_id=image_id or new_image_id(),
-        path=str(path.resolve()),
+        # A file by its absolute real path; an object-store URI as it is (imgflow/objects.py).
+        path=str(path) if is_uri(str(path)) else str(Path(path).resolve()),
         source=source,
         submitted_at=time.time(),
         model=model,

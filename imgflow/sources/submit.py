@@ -11,6 +11,7 @@ from collections.abc import Callable
 from glob import glob
 from pathlib import Path
 
+from imgflow.objects import is_uri, list_objects
 from imgflow.sources.files import list_images
 from imgflow.sources.publish import path_message, publish_paths
 from imgflow.sources.results import ResultWatch
@@ -19,10 +20,14 @@ from imgflow.sources.results import ResultWatch
 CHUNK = 100
 
 
-def expand(paths: tuple[str, ...], recursive: bool = True) -> list[Path]:
-    """Files, folders (recursively) and globs to a sorted list of image files."""
-    found: list[Path] = []
+def expand(paths: tuple[str, ...], recursive: bool = True) -> list[Path | str]:
+    """Files, folders (recursively) and globs to a sorted list of image files; object-store
+    URIs as they are, and a URI ending in ``/`` to the images under that prefix."""
+    found: list[Path | str] = []
     for raw in paths:
+        if is_uri(raw):
+            found += list_objects(raw, recursive) if raw.endswith("/") else [raw]
+            continue
         matches = [Path(m) for m in glob(raw, recursive=True)] or [Path(raw)]
         for path in matches:
             if path.is_dir():
@@ -33,7 +38,7 @@ def expand(paths: tuple[str, ...], recursive: bool = True) -> list[Path]:
 
 
 async def submit_files(
-    files: list[Path],
+    files: list[Path | str],
     source: str,
     *,
     model: str | None = None,

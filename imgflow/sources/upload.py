@@ -73,12 +73,15 @@ class Saved:
     width: int = 0
     height: int = 0
     final: Path | None = None
+    #: Where it was put instead, with ``IMGFLOW_UPLOAD_URI`` (an object store).
+    final_uri: str | None = None
 
     def as_json(self, root: Path) -> dict[str, Any]:
+        stored_as = self.final_uri or (self.final.relative_to(root).as_posix() if self.final else None)
         return {
             "image_id": self.image_id,
             "file_name": self.original_name,
-            "stored_as": self.final.relative_to(root).as_posix() if self.final else None,
+            "stored_as": stored_as,
             "format": self.format,
             "width": self.width,
             "height": self.height,
@@ -126,8 +129,13 @@ def sniff(path: Path, max_pixels: int) -> tuple[str, int, int]:
 class UploadSession:
     """The files of one request; removed unless :meth:`commit` ran."""
 
-    def __init__(self, root: Path, max_bytes: int, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int, max_pixels: int | None = None, uri: str | None = None
+    ) -> None:
         self.root = root
+        #: Put the files under this object-store prefix instead of ``root`` (imgflow/objects.py);
+        #: ``root`` still holds them while they are received and checked.
+        self.uri = uri
         self.incoming = root / ".incoming"
         self.max_bytes = max_bytes
         self.max_pixels = get_settings().max_pixels if max_pixels is None else max_pixels
@@ -188,7 +196,16 @@ class UploadSession:
         return saved
 
     def commit(self) -> None:
-        """Rename every file into place under a generated name."""
+        """Rename every file into place under a generated name (or put it in the object store)."""
+        if self.uri is not None:
+            from imgflow.objects import write_object
+
+            prefix = f"{self.uri.rstrip('/')}/{time.strftime('%Y-%m-%d')}"
+            for saved in self.files:
+                saved.final_uri = f"{prefix}/{saved.image_id}{FORMATS[saved.format]}"
+                write_object(saved.final_uri, saved.tmp.read_bytes())
+                saved.tmp.unlink()
+            return
         day = self.root / time.strftime("%Y-%m-%d")
         day.mkdir(parents=True, exist_ok=True)
         for saved in self.files:
@@ -199,7 +216,7 @@ class UploadSession:
         """One path message per committed file, under the id its file is named after."""
         return [
             path_message(
-                s.final,  # type: ignore[arg-type]
+                s.final_uri or s.final,  # type: ignore[arg-type]
                 "upload",
                 image_id=s.image_id,
                 attrs={"original_name": s.original_name, "upload_bytes": s.size},
@@ -213,6 +230,11 @@ class UploadSession:
 
     def discard(self) -> None:
         for saved in self.files:
+            if saved.final_uri is not None:
+                from imgflow.objects import remove_object
+
+                with contextlib.suppress(Exception):  # best effort: the request fails either way
+                    remove_object(saved.final_uri)
             for path in (saved.tmp, saved.final):
                 if path is not None:
                     with contextlib.suppress(FileNotFoundError):

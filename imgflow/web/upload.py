@@ -26,6 +26,7 @@ handled by ``imgflow/sources/upload.py``; this view only answers HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faust.web import Request, Response, View
@@ -42,10 +43,10 @@ class ImageUpload(View):
 
     async def post(self, request: Request) -> Response:
         root = settings.upload_path.resolve()
-        session = UploadSession(root, settings.max_upload_bytes, settings.max_pixels)
+        session = UploadSession(root, settings.max_upload_bytes, settings.max_pixels, settings.upload_uri)
         try:
             await session.receive_request(request)
-            session.commit()
+            await asyncio.to_thread(session.commit)
         except Refused as exc:
             session.discard()
             log.info("upload refused (%d): %s", exc.status, exc.message)
