@@ -145,6 +145,7 @@ class LiveTab(Viewer):
         #: Upload results already read, so a row keeps its result while newer ones are awaited.
         self._known: dict[str, Any] = {}
         self._sending = 0
+        self._polling = False
         self._poller: Any = None
         self.video.param.watch(self._on_frame, "value")
         self.toggle.param.watch(self._on_toggle, "value")
@@ -207,16 +208,18 @@ class LiveTab(Viewer):
         if self._poller is None:
             self._poller = pn.state.add_periodic_callback(self.poll, period=POLL_MS)
 
-    def poll(self) -> None:
-        """Fetch the results of what this page is waiting for; show the newest camera result."""
-        if not self.waiting:
+    async def poll(self) -> None:
+        """Fetch the results of what this page is waiting for; show the newest camera result.
+
+        The reads run in a thread: the server's event loop keeps taking snapshots meanwhile."""
+        if not self.waiting or self._polling:
             return
         ids = list(self.waiting)
-        db = self.store.db
-        docs = {d["_id"]: d for d in db.images.find({"_id": {"$in": ids}})}
-        failures = (
-            {d["_id"]: d for d in db.failures.find({"_id": {"$in": ids}})} if len(docs) < len(ids) else {}
-        )
+        self._polling = True
+        try:
+            docs, failures = await asyncio.to_thread(self._results, ids)
+        finally:
+            self._polling = False
         newest_camera: tuple[str, dict[str, Any] | None, dict[str, Any] | None, bytes] | None = None
         now = time.time()
         for image_id in ids:
@@ -239,6 +242,13 @@ class LiveTab(Viewer):
         if self.upload_rows:
             self._render_uploads(docs, failures)
         self._show_stats()
+
+    def _results(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        db = self.store.db
+        docs = {d["_id"]: d for d in db.images.find({"_id": {"$in": ids}})}
+        missing = [i for i in ids if i not in docs]
+        failures = {d["_id"]: d for d in db.failures.find({"_id": {"$in": missing}})} if missing else {}
+        return docs, failures
 
     def _drawn(self, doc: dict[str, Any] | None, data: bytes) -> bytes:
         faces = ((doc or {}).get("prediction") or {}).get("faces")
