@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser demo test test-fast lint format bench bench-dashboard bench-recovery soak soak-memory clean
+.PHONY: help install model browser schemas demo test test-fast lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -32,10 +32,13 @@ demo: $(STAMP) $(MODEL_SPEC) ## Run the whole stack (embedded broker + MongoDB u
 browser: ## Install Debian's Chromium for the dashboard's browser test (apt-get, needs root)
 	bash scripts/install-browser.sh
 
-test: $(STAMP) browser ## Run the whole test suite (starts embedded services unless BROKER_URL/MONGO_URL are set)
+schemas: ## Install KEDA's schemas for the manifest tests (npm @kubernetes-models/keda into var/schemas)
+	bash scripts/install-schemas.sh
+
+test: $(STAMP) browser schemas ## Run the whole test suite (starts embedded services unless BROKER_URL/MONGO_URL are set)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) ## Unit tests only (no broker, no MongoDB, no TensorFlow model)
+test-fast: $(STAMP) schemas ## Unit tests only (no broker, no MongoDB, no TensorFlow model)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
 lint: $(STAMP) ## ruff lint and format check, mypy (strict on the core; see pyproject.toml)
@@ -49,6 +52,12 @@ format: $(STAMP) ## Apply ruff formatting and safe fixes
 
 bench: $(STAMP) $(MODEL_SPEC) ## Speed on camera-sized JPEGs: limit, 1-2 workers, latency, seed baseline -> benchmarks/results/latest.json
 	$(BIN)/python -m benchmarks.throughput
+
+bench-autoscale: $(STAMP) $(MODEL_SPEC) ## KEDA's lag rule applied to real workers under spikes, vs one fixed worker -> benchmarks/results/autoscale.json + .png
+	$(BIN)/python -m benchmarks.autoscale $(BENCH_AUTOSCALE_ARGS)
+
+bench-frames: $(STAMP) $(MODEL_SPEC) ## Frames at a webcam's rate, publish -> stored, classifier and face model; the Live tab in Chromium -> benchmarks/results/frames.json
+	$(BIN)/python -m benchmarks.frames $(BENCH_FRAMES_ARGS)
 
 bench-dashboard: $(STAMP) ## Dashboard and query cost at 10k, 100k, 1M stored images -> benchmarks/results/dashboard.json (BENCH_DASHBOARD_ARGS="--sizes 10000,100000")
 	$(BIN)/python -m benchmarks.dashboard $(BENCH_DASHBOARD_ARGS)
