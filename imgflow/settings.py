@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     home: Path = Field(Path("var"), validation_alias=_env("IMGFLOW_HOME"))
     model: Path | None = Field(None, validation_alias=_env("IMGFLOW_MODEL"))
     upload_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_UPLOAD_DIR"))
+    #: The watcher puts each settled file under this object-store prefix and publishes its URI.
+    watch_upload_uri: str | None = Field(
+        None, pattern=r"^s3://[^/]+(/.*)?$", validation_alias=_env("IMGFLOW_WATCH_UPLOAD_URI")
+    )
     #: Uploads go to this object-store prefix (``s3://bucket/uploads``) instead of the folder,
     #: so every node reads them without a shared volume (imgflow/objects.py).
     upload_uri: str | None = Field(
@@ -193,9 +197,9 @@ class Settings(BaseSettings):
     @property
     def object_roots(self) -> list[str]:
         """The only object-store prefixes imgflow reads (``IMGFLOW_IMAGE_ROOTS`` entries that are
-        URIs, ``IMGFLOW_UPLOAD_URI``); see imgflow/objects.py."""
+        URIs, ``IMGFLOW_UPLOAD_URI``, ``IMGFLOW_WATCH_UPLOAD_URI``); see imgflow/objects.py."""
         uris = [p.strip() for p in self.image_roots.split(",") if "://" in p]
-        return uris + ([self.upload_uri] if self.upload_uri else [])
+        return uris + [u for u in (self.upload_uri, self.watch_upload_uri) if u]
 
     @property
     def preview_roots(self) -> list[Path]:

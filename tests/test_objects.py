@@ -181,3 +181,41 @@ def test_an_upload_is_put_in_the_bucket_and_classified_from_there(s3_worker, tmp
     db = pipeline.mongo()
     wait_until(lambda: db.images.find_one({"_id": image["image_id"]}), 120, "the upload stored")
     assert db.images.find_one({"_id": image["image_id"]})["path"] == image["stored_as"]
+
+
+@pytest.mark.e2e
+def test_the_watcher_puts_files_in_a_bucket_and_publishes_their_uris(s3_worker, tmp_path: Path):
+    import signal
+    import subprocess
+
+    from tests.support import BIN
+
+    pipeline, _worker, name = s3_worker
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo = write_dataset(tmp_path / "dataset")[1]
+    prefix = f"s3://{name}/photos/watched"
+    log = tmp_path / "watch.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "faust"), "-A", "imgflow", "-l", "info", "watch", str(inbox), "--settle", "0.5"],
+            env=pipeline.env(IMGFLOW_WATCH_UPLOAD_URI=prefix, IMGFLOW_HOME=str(tmp_path / "watch-home")),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        (inbox / "dropped.jpg").write_bytes(photo.read_bytes())
+        db = pipeline.mongo()
+        doc = wait_until(
+            lambda: db.images.find_one({"file_name": {"$regex": r"\.jpg$"}, "path": {"$regex": "/watched/"}}),
+            120,
+            "the watched file stored from the bucket",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert doc["path"] == f"{prefix}/{doc['_id']}.jpg" and doc["source"] == "watch"
+    assert doc["attrs"]["relative_path"] == "dropped.jpg"
+    assert read_object(doc["path"], Limits()) == photo.read_bytes()

@@ -97,6 +97,7 @@ async def watch(
         source=source,
         results=ResultWatch(settings) if lifecycle else None,
         store=store,
+        bucket=settings.watch_upload_uri,
     )
     counts = jr.counts()
     self.say(

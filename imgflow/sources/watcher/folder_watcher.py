@@ -58,6 +58,7 @@ class FolderWatcher:
         store: Any = None,
         debounce_ms: int = 400,
         prune_every: float = 3600.0,
+        bucket: str | None = None,
     ) -> None:
         self.roots = dedupe_roots([r.resolve() for r in roots], recursive)
         self.journal = journal
@@ -65,6 +66,8 @@ class FolderWatcher:
         self.lifecycle = lifecycle
         self.source = source
         self.publish = publish
+        #: Put each file in this object-store prefix and publish its URI (IMGFLOW_WATCH_UPLOAD_URI).
+        self.bucket = bucket.rstrip("/") if bucket else None
         self.debounce_ms = debounce_ms
         self.prune_every = prune_every
         self.settler = Settler(settle)
@@ -257,6 +260,8 @@ class FolderWatcher:
         ready = [e for e in entries if to_processing(e, self.journal)]
         for start in range(0, len(ready), PUBLISH_CHUNK):
             chunk = ready[start : start + PUBLISH_CHUNK]
+            if self.bucket is not None:
+                await self._upload_with_retry(chunk)
             messages = [self.message(e) for e in chunk]
             if self.mover is not None:
                 self.mover.expect(chunk)
@@ -281,12 +286,42 @@ class FolderWatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    def object_uri(self, entry: Entry) -> str:
+        """Where a file goes in the bucket: named by its image id, so a resend writes the same object."""
+        return f"{self.bucket}/{entry.image_id}{Path(entry.path).suffix.lower()}"
+
+    async def _upload_with_retry(self, entries: list[Entry]) -> None:
+        from imgflow.objects import write_object
+
+        def upload() -> None:
+            for e in entries:
+                write_object(self.object_uri(e), Path(e.sent_path).read_bytes())
+
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(upload)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # store away: the rows stay pending, retry with backoff
+                log.warning(
+                    "putting %d images in %s failed, retrying in %.1fs: %s",
+                    len(entries),
+                    self.bucket,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     def message(self, entry: Entry) -> ImagePath:
         root = Path(entry.root)
         attrs: dict[str, Any] = {"watch_root": entry.root}
         with contextlib.suppress(ValueError):
             attrs["relative_path"] = Path(entry.path).relative_to(root).as_posix()
-        return path_message(Path(entry.sent_path), self.source, attrs=attrs, image_id=entry.image_id)
+        where: Path | str = self.object_uri(entry) if self.bucket is not None else Path(entry.sent_path)
+        return path_message(where, self.source, attrs=attrs, image_id=entry.image_id)
 
     async def _resume_pending(self) -> None:
         """Rows written before a crash but never acknowledged: resend with the same ids."""
