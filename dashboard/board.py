@@ -70,6 +70,8 @@ class Dashboard(Viewer):
         self.live = LiveTab(store=self.store)
         self._seen_version = self.feed.version
         self._pending = False
+        self.tabs: pn.Tabs | None = None
+        self.live_view: Any = None
         # The detail column takes room only while an image is open in it.
         self.detail_column = pn.Column(
             self.detail,
@@ -89,7 +91,18 @@ class Dashboard(Viewer):
         self._pending = False
         self.counts.update()
         self.throughput.update()
-        if self.feed.version != self._seen_version and self.store.follow:
+        if self.feed.version != self._seen_version and self.store.follow and not self.on_live_tab:
+            # On the Live tab the gallery is not shown: it catches up when its tab opens again,
+            # instead of re-reading and re-rendering behind every webcam result.
+            self._seen_version = self.feed.version
+            self.store.refresh()
+
+    @property
+    def on_live_tab(self) -> bool:
+        return self.tabs is not None and self.tabs.active == self.tabs.objects.index(self.live_view)
+
+    def _tab_changed(self, event: Any) -> None:
+        if not self.on_live_tab and self.feed.version != self._seen_version and self.store.follow:
             self._seen_version = self.feed.version
             self.store.refresh()
 
@@ -124,9 +137,14 @@ class Dashboard(Viewer):
             ("Model comparison", self.compare),
             ("Model quality", self.quality),
             ("Corrected labels", self.corrections),
-            ("Live", self.live),
+            ("Live", self.live_panel()),
             sizing_mode="stretch_width",
+            # Only the open tab is rendered and kept up to date: the Live tab's results are not
+            # held up by the gallery's refresh behind it.
+            dynamic=True,
         )
+        self.tabs = tabs
+        tabs.param.watch(self._tab_changed, "active")
         return [
             self.throughput,
             pn.Column(
@@ -141,6 +159,10 @@ class Dashboard(Viewer):
             ),
             tabs,
         ]
+
+    def live_panel(self) -> Any:
+        self.live_view = pn.panel(self.live)
+        return self.live_view
 
     def signed_in(self) -> list[Any]:
         """Who the edits are recorded as, and a way out; nothing when there is no login."""

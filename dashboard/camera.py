@@ -33,7 +33,7 @@ from dashboard.format import esc, meta
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8
-POLL_MS = 100
+POLL_MS = 50
 #: Uploaded results shown, newest first.
 UPLOADS_SHOWN = 12
 #: Frames a result is still awaited for after being sent (seconds): then it counts as lost.
@@ -157,7 +157,10 @@ class LiveTab(Viewer):
     def _on_toggle(self, event: Any) -> None:
         self.video.paused = not event.new
         self.toggle.label = "Stop camera" if event.new else "Start camera"
-        if event.new:
+        if event.new:  # a new run: its own figures
+            self.sent = self.received = self.dropped = 0
+            self.latencies.clear()
+            self._show_stats()
             self._ensure_polling()
 
     def _on_fps(self, event: Any) -> None:
