@@ -41,7 +41,7 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch):
 
 def test_the_demo_bounds_its_database_and_rolls_its_broker_by_default(monkeypatch: pytest.MonkeyPatch):
     s = Settings()
-    assert s.mongo_cache_size == "512M" and s.broker_roll is True
+    assert s.mongo_cache_size == "128M" and s.broker_roll is True
     monkeypatch.setenv("IMGFLOW_MONGO_CACHE_SIZE", "lots")
     with pytest.raises(ValueError, match="IMGFLOW_MONGO_CACHE_SIZE"):
         Settings()
