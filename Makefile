@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser schemas demo test test-fast lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
+.PHONY: help install model browser schemas demo screenshots test test-fast lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, on
 
 demo: $(STAMP) $(MODEL_SPEC) ## Run the whole stack (embedded broker + MongoDB unless BROKER_URL/MONGO_URL are set)
 	$(BIN)/python -m imgflow.launcher demo
+
+screenshots: $(STAMP) $(MODEL_SPEC) ## README pictures: the dashboard on the real stack in Chromium, the architecture -> docs/images/*.png (~4 min)
+	$(BIN)/python scripts/architecture.py
+	$(BIN)/python scripts/screenshots.py $(SCREENSHOTS_ARGS)
 
 browser: ## Install Debian's Chromium for the dashboard's browser test (apt-get, needs root)
 	bash scripts/install-browser.sh
