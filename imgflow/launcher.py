@@ -439,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
             except AuthConfigError as exc:
                 raise SystemExit(f"dashboard: {exc}") from None
             dash_auth = " (login required)" if dash_env else ""
+            if not os.environ.get("IMGFLOW_WORKER_URLS"):
+                # The workers it started, on the ports they got: the default (6066) may be another
+                # stack's worker, or nobody, when that port was taken.
+                urls = ",".join(f"http://127.0.0.1:{port}" for port in web_ports)
+                dash_env = {"IMGFLOW_WORKER_URLS": urls, **dash_env}
             stack.spawn("dashboard", dash_argv, dash_port, env=dash_env)
         print(
             "\nimgflow demo is running (Ctrl-C stops everything):\n"
