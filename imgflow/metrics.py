@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -20,6 +20,11 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        from imgflow import __version__
+
+        # imgflow_build_info{version="..."} 1: which release a worker runs, for dashboards and alerts.
+        build = Info("imgflow_build", "The imgflow release this worker runs.", registry=r)
+        build.info({"version": __version__})
         self.decoded = Counter("imgflow_images_decoded", "Images decoded into tensors.", registry=r)
         self.classified = Counter("imgflow_images_classified", "Images classified.", ["model"], registry=r)
         self.stored = Counter("imgflow_images_stored", "Predictions written to MongoDB.", registry=r)

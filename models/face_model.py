@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -73,18 +74,16 @@ def load_face_model(spec: ModelSpec, threads: int | None = None) -> FaceModel:
 
 
 def warm_up_image(spec: ModelSpec) -> np.ndarray:
-    """A frame with a face (scikit-image's astronaut, public domain) sized for ``spec``; a
-    blank frame if scikit-image is not installed."""
+    """A frame with a face (the astronaut photo shipped in ``models/data``, public domain) sized
+    for ``spec``."""
+    from PIL import Image
+
     from models.preprocess import fit_to_input
 
-    try:
-        from PIL import Image
-        from skimage import data
-    except ImportError:
-        height, width = spec.input_size
-        return np.zeros((height, width, 3), dtype=np.uint8)
-    face = data.astronaut()  # type: ignore[no-untyped-call]
-    return fit_to_input(Image.fromarray(face), spec.input_size, spec.resize)
+    with (resources.files("models") / "data" / "astronaut.jpg").open("rb") as file:
+        face = Image.open(file)
+        face.load()
+    return fit_to_input(face.convert("RGB"), spec.input_size, spec.resize)
 
 
 def describe_faces(

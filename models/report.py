@@ -26,6 +26,21 @@ th:first-child,td:first-child{text-align:left} .tiles{display:flex;gap:1rem;flex
 """
 
 
+NO_PLOTS = (
+    "Plots (confusion matrix, ROC curve, threshold sweep) need matplotlib: "
+    "pip install 'imgflow[plots]'. The figures above are the same without them."
+)
+
+
+def has_matplotlib() -> bool:
+    """Plots are an extra (``imgflow[plots]``): a production install evaluates without them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
@@ -136,14 +151,17 @@ def render_html(evaluation: dict[str, Any]) -> str:
         "<h2>Per class</h2><table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>"
         f"<th>images</th></tr>{rows}</table>",
     ]
-    figures = [("Confusion matrix", confusion_plot(metrics["confusion"]))]
-    if binary and binary.get("roc_auc") is not None:
-        figures += [("ROC curve", roc_plot(binary)), ("Threshold sweep", sweep_plot(binary))]
-    parts.append(
-        "<div class='plots'>"
-        + "".join(f"<figure><figcaption>{e(name)}</figcaption>{img}</figure>" for name, img in figures)
-        + "</div>"
-    )
+    if has_matplotlib():
+        figures = [("Confusion matrix", confusion_plot(metrics["confusion"]))]
+        if binary and binary.get("roc_auc") is not None:
+            figures += [("ROC curve", roc_plot(binary)), ("Threshold sweep", sweep_plot(binary))]
+        parts.append(
+            "<div class='plots'>"
+            + "".join(f"<figure><figcaption>{e(name)}</figcaption>{img}</figure>" for name, img in figures)
+            + "</div>"
+        )
+    else:
+        parts.append(f"<p class='sub'>{e(NO_PLOTS)}</p>")
     if binary and binary.get("roc_auc") is not None:
         chosen = binary["chosen"]
         met = "" if chosen["met"] else " (not met: the best recall reachable is shown)"

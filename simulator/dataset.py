@@ -53,13 +53,24 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def _demo_packages() -> tuple[Any, Any]:
+    try:
+        import matplotlib.cbook
+        import skimage.data
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the demo dataset needs the extra imgflow[demo] ({exc.name} is not installed); "
+            "or give a folder of your own images (--folder)"
+        ) from exc
+    return skimage.data, matplotlib.cbook
+
+
 def base_images() -> Iterator[tuple[str, Image.Image]]:
-    import matplotlib.cbook
-    import skimage.data
+    skimage_data, cbook = _demo_packages()
 
     for name in SKIMAGE_PHOTOS:
         try:
-            array = getattr(skimage.data, name)()
+            array = getattr(skimage_data, name)()
         except Exception as exc:  # a photo that would need a download
             log.debug("skipping skimage.data.%s: %s", name, exc)
             continue
@@ -67,7 +78,7 @@ def base_images() -> Iterator[tuple[str, Image.Image]]:
         if array.dtype != np.uint8:
             array = (array.astype(np.float64) / max(float(array.max()), 1.0) * 255).astype(np.uint8)
         yield name, Image.fromarray(array)
-    sample: Any = matplotlib.cbook.get_sample_data("grace_hopper.jpg")  # a file object for a .jpg
+    sample: Any = cbook.get_sample_data("grace_hopper.jpg")  # a file object for a .jpg
     with sample as fh:
         yield "grace_hopper", Image.open(fh).convert("RGB")
 
@@ -137,9 +148,8 @@ def write_faces_dataset(folder: Path) -> dict[str, list[Path]]:
     from Labeled Faces in the Wild, the other 100 non-face patches of the same photographs.
     Files already written are kept.
     """
-    import skimage.data
-
-    crops = np.asarray(skimage.data.lfw_subset())
+    skimage_data, _ = _demo_packages()
+    crops = np.asarray(skimage_data.lfw_subset())
     written: dict[str, list[Path]] = {"face": [], "other": []}
     for i, crop in enumerate(crops):
         label = "face" if i < 100 else "other"

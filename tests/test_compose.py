@@ -427,8 +427,19 @@ def test_each_worker_replica_keeps_its_own_table_state(
 def test_dockerfile_installs_the_project_as_non_root(dockerfile: list[tuple[str, str]]) -> None:
     assert dockerfile[0][0] == "FROM" and dockerfile[0][1].startswith("python:3.11-slim")
     runs = [args for keyword, args in dockerfile if keyword == "RUN"]
-    assert any(shlex.split(cmd)[:3] == ["pip", "install", "."] for run in runs for cmd in run.split("&&")), (
-        "the Dockerfile does not `pip install .`"
+    installs = [
+        shlex.split(cmd)
+        for run in runs
+        for cmd in run.split("&&")
+        if shlex.split(cmd)[:2] == ["pip", "install"]
+    ]
+    # The lock's production set, hash-checked, then the project alone: no extras, no resolution.
+    locked = next((argv for argv in installs if "--require-hashes" in argv), None)
+    assert locked and locked[locked.index("-r") + 1] == "/tmp/requirements.txt", installs
+    copies = [args.split() for keyword, args in dockerfile if keyword == "COPY"]
+    assert ["requirements/prod.txt", "/tmp/requirements.txt"] in copies
+    assert ["pip", "install", "--no-deps", "."] in installs, (
+        "the Dockerfile does not `pip install --no-deps .`"
     )
     users = [args for keyword, args in dockerfile if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image runs as root"
@@ -441,7 +452,9 @@ def test_dockerfile_builds_the_model_that_compose_uses(
 ) -> None:
     build_index, out = model_build_out(dockerfile)
     install_index = next(
-        i for i, (keyword, args) in enumerate(dockerfile) if keyword == "RUN" and "pip install ." in args
+        i
+        for i, (keyword, args) in enumerate(dockerfile)
+        if keyword == "RUN" and "pip install --no-deps ." in args
     )
     assert install_index < build_index, "the model is built before the project is installed"
     spec = dockerfile_env(dockerfile).get("IMGFLOW_MODEL")

@@ -197,8 +197,11 @@ class Health(View):
 
         stalled = sorted(f"{tp.topic}[{tp.partition}]" for tp in STALLED)
         status = "degraded" if ready and stalled else "ok" if ready else "starting"
+        from imgflow import __version__
+
         body = {
             "status": status,
+            "version": __version__,
             "worker": f"{socket.gethostname()}:{app.conf.web_port}",
             "url": _norm(app.conf.canonical_url),
             "models": loaded,
