@@ -33,14 +33,35 @@ def alive(pid: int) -> bool:
         return False
 
 
-class Demo:
-    """``python -m imgflow.launcher demo`` (one worker, no dashboard) and its output, line by line."""
+ROOT = Path(__file__).resolve().parent.parent
 
-    def __init__(self, tmp_path: Path, model_spec: Path, rate: float = 10, **env: str) -> None:
+
+class Demo:
+    """``python -m imgflow.launcher demo`` (one worker, no dashboard) and its output, line by line;
+    ``make=True``: the same through ``make demo``, as a user or a service manager starts it (make
+    is told the venv and the model are up to date: it only runs the recipe)."""
+
+    def __init__(
+        self, tmp_path: Path, model_spec: Path, rate: float = 10, make: bool = False, **env: str
+    ) -> None:
         self.home = tmp_path / "var"
-        argv = [sys.executable, "-m", "imgflow.launcher", "demo", "--workers", "1", "--no-dashboard"]
+        args = ["--workers", "1", "--no-dashboard", "--rate", str(rate)]
+        argv = [sys.executable, "-m", "imgflow.launcher", "demo", *args]
+        if make:
+            stamp, model = ".venv/.installed", "var/models/efficientnet-lite0/efficientnet-lite0.tflite"
+            argv = [
+                "make",
+                "--no-print-directory",
+                "-o",
+                stamp,
+                "-o",
+                model,
+                "demo",
+                f"DEMO_ARGS={' '.join(args)}",
+            ]
         self.proc = subprocess.Popen(
-            [*argv, "--rate", str(rate)],
+            argv,
+            cwd=ROOT,
             env={
                 **{k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "MONGO_URL")},
                 "IMGFLOW_HOME": str(self.home),
@@ -115,6 +136,18 @@ class Demo:
         return found
 
 
+def in_home(home: Path) -> list[int]:
+    """Every live process started with ``IMGFLOW_HOME=home``: the launcher and all it started."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        with suppress(psutil.Error):
+            if proc.environ().get("IMGFLOW_HOME") == str(home) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+    return found
+
+
 @pytest.fixture
 def demos() -> Iterator[list[Demo]]:
     started: list[Demo] = []
@@ -146,6 +179,26 @@ def test_demo_brings_up_everything_and_ctrl_c_stops_it(
     assert not second or "already stopping" in out, out
     assert "!!" not in out, out  # no child (worker, watcher, simulator...) died on its own
     assert (tmp_path / "var" / "dataset").is_dir()
+
+
+def test_sigterm_to_make_demo_stops_everything(tmp_path: Path, default_model_spec: Path, demos: list[Demo]):
+    """A service manager or a CI timeout stops ``make demo`` with a SIGTERM to make alone (not to
+    its process group, as Ctrl-C does): make passes it to the launcher, which stops every child
+    before make exits."""
+    demo = Demo(tmp_path, default_model_spec, make=True)
+    demos.append(demo)
+    demo.wait_for("imgflow demo is running", 240)
+    demo.wait_for("stored ", 120)
+    demo.proc.send_signal(signal.SIGTERM)  # make's pid: the launcher is its child
+    demo.proc.wait(180)
+    demo.reader.join(10)
+    started = demo.pids()
+    assert {"tansu", "secantusdb", "worker1", "watcher", "simulator"} <= set(started), demo.out[-3000:]
+    left = [(name, pid) for name, pids in started.items() for pid in pids if alive(pid)]
+    assert not left, f"left running after SIGTERM to make: {left}"
+    assert not in_home(demo.home), "a process of this demo (the launcher itself?) is still running"
+    assert "stopping..." in demo.out and "stopped tansu" in demo.out, demo.out[-3000:]
+    assert demo.proc.returncode != 0  # make re-raises the signal it was stopped by
 
 
 def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
