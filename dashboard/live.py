@@ -129,7 +129,10 @@ class CountsView(Viewer):
             parts.append(f"window {fmt_time(start)} – {fmt_time(end)}: <b>{total}</b>")
         conf = counts.get("window") or {}
         if conf.get("seconds"):
-            parts.append(f"{conf['seconds']:g} s windows")
+            # Hopping windows (IMGFLOW_WINDOW_STEP) overlap: each image is in seconds / step of them.
+            step = conf.get("step")
+            every = f" every {step:g} s" if step and step != conf["seconds"] else ""
+            parts.append(f"{conf['seconds']:g} s windows{every}")
         if self.feed.counts_url:
             parts.append(f"from {esc(self.feed.counts_url)}")
         if counts and not counts.get("complete", True):

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -99,8 +99,10 @@ class Settings(BaseSettings):
     table_store: str = Field("rocksdb://", validation_alias=_env("IMGFLOW_TABLE_STORE"))
     #: This worker's own state (RocksDB tables). RocksDB locks it per process: one per worker.
     data_dir: Path | None = Field(None, validation_alias=_env("IMGFLOW_DATA_DIR"))
-    window_seconds: float = Field(60.0, gt=0, validation_alias=_env("IMGFLOW_WINDOW_SECONDS"))
-    window_step: float | None = Field(None, validation_alias=_env("IMGFLOW_WINDOW_STEP"))
+    #: Label-count windows: whole seconds (see ``_whole_seconds``). With a step, hopping windows
+    #: of ``window_seconds`` every ``window_step`` (at most the window: no gaps), else tumbling.
+    window_seconds: float = Field(60.0, ge=1, validation_alias=_env("IMGFLOW_WINDOW_SECONDS"))
+    window_step: float | None = Field(None, ge=1, validation_alias=_env("IMGFLOW_WINDOW_STEP"))
     window_expires: float = Field(3600.0, gt=0, validation_alias=_env("IMGFLOW_WINDOW_EXPIRES"))
 
     # Web server
@@ -138,6 +140,28 @@ class Settings(BaseSettings):
         if value.split("://", 1)[0] not in {"rocksdb", "memory"}:
             raise ValueError("IMGFLOW_TABLE_STORE must be rocksdb:// or memory://")
         return value
+
+    @field_validator("window_seconds", "window_step")
+    @classmethod
+    def _whole_seconds(cls, value: float | None) -> float | None:
+        """Faust finds a timestamp's windows with ``range(int(start), int(ts) + 1, int(step))``
+        (faust/windows.py, ``HoppingWindow.ranges``, behind tumbling windows too): a fraction is
+        dropped, so 2.5 s windows would start on whole seconds and overlap, and a 0.5 s step
+        would be a step of 0 that fails every count."""
+        if value is not None and not float(value).is_integer():
+            raise ValueError(f"must be whole seconds (Faust's windows drop fractions), not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _step_within_window(self) -> Settings:
+        """A step longer than the window leaves gaps: results requested there are counted nowhere."""
+        if self.window_step is not None and self.window_step > self.window_seconds:
+            raise ValueError(
+                f"IMGFLOW_WINDOW_STEP ({self.window_step:g}) must not exceed "
+                f"IMGFLOW_WINDOW_SECONDS ({self.window_seconds:g}): results between two windows "
+                "would be counted nowhere"
+            )
+        return self
 
     @field_validator("broker_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -108,3 +109,76 @@ def test_counts_are_cluster_wide_windowed_and_recovered(pipeline: Pipeline, tmp_
     owners_after = ca["owners"]
     assert owners_after.get(b2.url)
     assert totals(ca) == totals(cb) == before
+
+
+STEP = 20.0
+SIZE = 60.0
+
+
+def covering(ts: float, size: float = SIZE, step: float = STEP) -> list[float]:
+    """Starts of the hopping windows ``[start, start + size)`` on the step grid that hold ``ts``."""
+    newest = math.floor(ts / step) * step
+    return [newest - k * step for k in range(round(size / step))]
+
+
+def test_hopping_windows_count_every_result_in_each_window_that_covers_it(pipeline: Pipeline, tmp_path: Path):
+    """IMGFLOW_WINDOW_STEP: 60 s windows every 20 s, so each result is in three windows."""
+    pipeline.extra_env.update(
+        {"IMGFLOW_WINDOW_SECONDS": "60", "IMGFLOW_WINDOW_STEP": "20", "IMGFLOW_WINDOW_EXPIRES": "3600"}
+    )
+    dataset = write_dataset(tmp_path / "dataset")
+    worker = pipeline.start_worker()
+    worker.wait_ready()
+
+    # Requests at chosen times (``submitted_at``, the documented field that places a result in
+    # its windows), 20 s apart so that each group shares some windows with its neighbours and
+    # not others; the last group has none (null), so the worker stamps it when it reads it (now).
+    newest = math.floor(time.time() / STEP) * STEP
+    groups = {
+        newest - 55: dataset[0:6],
+        newest - 35: dataset[6:12],
+        newest - 15: dataset[12:18],
+        None: dataset[18:22],
+    }
+    messages = [
+        path_message(p, source="test", submitted_at=at) for at, paths in groups.items() for p in paths
+    ]
+    asyncio.run(produce_raw(pipeline.services.bootstrap, pipeline.topic("paths"), messages))
+    db = pipeline.mongo()
+    wait_until(lambda: db.images.count_documents({}) >= len(messages), 180, "every image stored")
+    wait_until(
+        lambda: worker.metric("imgflow_labels_counted_total") >= len(messages), 60, "every result counted"
+    )
+    body = counts(worker)
+
+    # What the windows must hold, from what MongoDB stored (label, request time) and the
+    # definition of a hopping window, not from Faust's window arithmetic.
+    expected: dict[float, Counter] = {}
+    requested = {doc["_id"]: doc for doc in db.images.find({}, {"label": 1, "submitted_at": 1})}
+    assert len(requested) == len(messages)
+    for doc in requested.values():
+        for start in covering(doc["submitted_at"].timestamp()):
+            expected.setdefault(start, Counter())[doc["label"]] += 1
+
+    assert body["window"] == {"seconds": SIZE, "step": STEP, "expires": 3600.0}
+    assert body["complete"], body
+    got = {w["start"]: Counter(w["counts"]) for w in body["windows"]}
+    assert got == expected
+    for w in body["windows"]:
+        assert SIZE - 0.1 <= w["end"] - w["start"] <= SIZE
+        assert w["total"] == sum(w["counts"].values())
+        assert sum(w["by_model"]["efficientnet-lite0:1.0.0"].values()) == w["total"]
+    # Each result is in size / step = 3 windows, and windows one step apart overlap: the
+    # first group (newest - 55) is in the windows from newest - 100, -80 and -60, the second
+    # in those from -80, -60 and -40, the third in those from -60, -40 and -20.
+    assert sum(w["total"] for w in body["windows"]) == 3 * len(messages)
+    assert [got[newest - 100].total(), got[newest - 80].total(), got[newest - 60].total()] == [6, 12, 18]
+
+    # The current window is the newest one open now (Faust's ``current``): it began at the
+    # last multiple of the step.
+    now_start = math.floor(body["now"] / STEP) * STEP
+    current = body["current"]
+    if now_start in expected:
+        assert current["start"] == now_start and Counter(current["counts"]) == expected[now_start]
+    else:
+        assert current["start"] is None and current["total"] == 0

@@ -460,6 +460,15 @@ def test_counts_view_draws_current_window_bars_biggest_on_top():
     assert "from http://w1:6066" in view.caption.object and "<b>7</b>" in view.caption.object
 
 
+def test_the_caption_says_when_windows_hop():
+    body = counts_body()
+    feed = LiveFeed(db=None, worker_urls=[], counts=body)
+    assert "60 s windows<" in CountsView(feed=feed).caption.object
+    body["window"]["step"] = 20.0
+    feed = LiveFeed(db=None, worker_urls=[], counts=body)
+    assert "60 s windows every 20 s" in CountsView(feed=feed).caption.object
+
+
 def test_counts_view_draws_one_line_per_label_oldest_window_first():
     feed = LiveFeed(db=None, worker_urls=[])
     feed.param.update(counts=counts_body(), counts_url="http://w1:6066")

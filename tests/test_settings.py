@@ -63,3 +63,34 @@ def test_tables_are_durable_by_default_one_directory_per_worker(monkeypatch: pyt
     monkeypatch.setenv("IMGFLOW_TABLE_STORE", "redis://")
     with pytest.raises(ValueError, match="IMGFLOW_TABLE_STORE"):
         Settings()
+
+
+def test_windows_are_whole_seconds_and_a_step_never_leaves_gaps(monkeypatch: pytest.MonkeyPatch):
+    """Faust computes window ranges in whole seconds; refuse what it would count wrongly."""
+    from faust.windows import HoppingWindow
+
+    # Why: a fractional window starts on whole seconds and overlaps the next; a step longer
+    # than the window puts some request times in no window at all.
+    assert HoppingWindow(2.5, 2.5).ranges(101.3) == [(100.0, 102.4)]
+    assert HoppingWindow(10, 30).ranges(100.3) == []
+
+    monkeypatch.setenv("IMGFLOW_WINDOW_STEP", "20")
+    s = Settings()
+    assert (s.window_seconds, s.window_step) == (60.0, 20.0)
+    monkeypatch.setenv("IMGFLOW_WINDOW_SECONDS", "8.0")  # whole, written as a float
+    monkeypatch.setenv("IMGFLOW_WINDOW_STEP", "8")  # as long as the window: tumbling
+    assert (Settings().window_seconds, Settings().window_step) == (8.0, 8.0)
+    for seconds, step, wrong in [
+        ("2.5", "", "IMGFLOW_WINDOW_SECONDS"),
+        ("60", "2.5", "IMGFLOW_WINDOW_STEP"),
+        ("60", "0.5", "IMGFLOW_WINDOW_STEP"),
+        ("60", "0", "IMGFLOW_WINDOW_STEP"),
+        ("60", "90", "IMGFLOW_WINDOW_STEP"),
+    ]:
+        monkeypatch.setenv("IMGFLOW_WINDOW_SECONDS", seconds)
+        if step:
+            monkeypatch.setenv("IMGFLOW_WINDOW_STEP", step)
+        else:
+            monkeypatch.delenv("IMGFLOW_WINDOW_STEP")
+        with pytest.raises(ValueError, match=wrong):
+            Settings()
