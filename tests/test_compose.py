@@ -466,7 +466,8 @@ def test_dockerfile_builds_the_model_that_compose_uses(
 
 def test_build_context_keeps_the_project() -> None:
     pyproject = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
-    needed = ["pyproject.toml", *pyproject["tool"]["setuptools"]["packages"]]
+    tops = [pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    needed = ["pyproject.toml", "requirements", "requirements/prod.txt", *tops]
     patterns = [
         line.strip().rstrip("/")
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()

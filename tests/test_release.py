@@ -201,3 +201,34 @@ def test_the_version_is_the_projects() -> None:
     assert sample.labels == {"version": version} and sample.value == 1
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert f"## [{version}]" in changelog, "CHANGELOG.md has no section for this version"
+
+
+def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
+    """What `pip install .` puts in the image: every module of every package (subpackages
+    included) and the data files the code reads beside itself."""
+    import zipfile
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [wheel] = tmp_path.glob("imgflow-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    tops = ["imgflow", "agents", "tables", "models", "simulator", "dashboard"]
+    wanted = {
+        path.relative_to(ROOT).as_posix()
+        for top in tops
+        for path in (ROOT / top).rglob("*")
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and (path.suffix in (".py", ".toml", ".css", ".jpg") or path.name == "py.typed")
+    }
+    assert {
+        "models/efficientnet_lite/__init__.py",
+        "imgflow/cli/__init__.py",
+        "models/data/astronaut.jpg",
+    } <= wanted
+    missing = sorted(wanted - shipped)
+    assert not missing, f"not in the wheel: {missing}"
