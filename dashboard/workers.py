@@ -1,4 +1,4 @@
-"""The dashboard's client of the workers' web views: ``GET /counts/`` and ``GET /health/``.
+"""The dashboard's client of the workers' web views: ``/counts/``, ``/workers/`` and ``/health/``.
 
 Plain ``urllib`` with short timeouts: the shared feed calls it from a thread
 once per refresh, and a worker that does not answer must cost seconds, not a
@@ -12,6 +12,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dashboard.queries import model_key
@@ -77,25 +78,69 @@ def fetch_counts(
     return {"ok": False, "url": None, "body": None, "errors": errors}
 
 
+def cluster_members(
+    urls: Iterable[str], timeout: float = HTTP_TIMEOUT, headers: dict[str, str] | None = None
+) -> list[str]:
+    """Every worker of the cluster (``GET /workers/``) from the first worker that answers; [] if none."""
+    for url in urls:
+        try:
+            status, body = fetch_json(f"{url}/workers/", timeout, headers)
+        except (OSError, ValueError):
+            continue
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("members"), list):
+            return [str(member).rstrip("/") for member in body["members"]]
+    return []
+
+
+def probe_health(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One worker's row: up / starting / down, its models and lag, under the URL it advertises."""
+    row: dict[str, Any] = {
+        "url": url,
+        "status": "down",
+        "models": [],
+        "lag": None,
+        "error": "",
+        "stalled": [],
+    }
+    try:
+        status, body = fetch_json(f"{url}/health/", timeout, headers)
+    except (OSError, ValueError) as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        return row
+    body = body if isinstance(body, dict) else {}
+    # A load-balanced address answers as one of the workers: name the row after that worker.
+    row["url"] = str(body.get("url") or url).rstrip("/")
+    row["status"] = "ok" if status == 200 else str(body.get("status") or f"HTTP {status}")
+    row["models"] = [model_key(m.get("name"), m.get("version")) for m in body.get("models") or []]
+    row["lag"] = body.get("lag")
+    row["stalled"] = body.get("stalled") or []
+    return row
+
+
 def worker_health(
     urls: Iterable[str], timeout: float = 2.0, headers: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """One row per configured worker: up / starting / down, its models and lag."""
-    rows = []
-    for url in urls:
-        row: dict[str, Any] = {"url": url, "status": "down", "models": [], "lag": None, "error": ""}
-        try:
-            status, body = fetch_json(f"{url}/health/", timeout, headers)
-        except (OSError, ValueError) as exc:
-            row["error"] = f"{type(exc).__name__}: {exc}"
-        else:
-            body = body if isinstance(body, dict) else {}
-            row["status"] = "ok" if status == 200 else str(body.get("status") or f"HTTP {status}")
-            row["models"] = [model_key(m.get("name"), m.get("version")) for m in body.get("models") or []]
-            row["lag"] = body.get("lag")
-            row["stalled"] = body.get("stalled") or []
-        rows.append(row)
-    return rows
+    """One row per worker of the cluster, sorted by URL (the line keeps its order between refreshes).
+
+    ``IMGFLOW_WORKER_URLS`` may be one load-balanced address (a Compose service, a Kubernetes
+    Service: one replica per request) and the cluster may grow and shrink, so the workers are
+    the members any of them reports (``GET /workers/``) plus the configured URLs (a configured
+    worker that died has left the group but keeps its row, down). Rows are keyed by the URL
+    each worker advertises, so an address that reached a member is not listed twice. Asked in
+    parallel: a worker that does not answer costs ``timeout`` once, not once per worker.
+    """
+    configured = list(dict.fromkeys(url.rstrip("/") for url in urls))
+    targets = list(dict.fromkeys([*configured, *cluster_members(configured, timeout, headers)]))
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        probed = list(pool.map(lambda url: probe_health(url, timeout, headers), targets))
+    rows: dict[str, dict[str, Any]] = {}
+    for row in probed:
+        kept = rows.get(row["url"])
+        if kept is None or (kept["status"] == "down" and row["status"] != "down"):
+            rows[row["url"]] = row
+    return [rows[url] for url in sorted(rows)]
 
 
 def current_window(body: dict[str, Any] | None) -> dict[str, Any] | None:

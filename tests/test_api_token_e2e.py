@@ -76,7 +76,7 @@ def test_protected_reads_need_the_token_except_health_and_metrics(pipeline: Pipe
     a.wait_ready()
     b.wait_ready()
 
-    for path in ("/counts/", "/counts/local/", "/images/nope", "/debug/consumer", "/router/"):
+    for path in ("/counts/", "/counts/local/", "/workers/", "/images/nope", "/debug/consumer", "/router/"):
         status, headers, _ = a.request("GET", path)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer "), path
     assert a.get("/images/nope", headers=bearer(token))[0] == 404
@@ -96,7 +96,10 @@ def test_protected_reads_need_the_token_except_health_and_metrics(pipeline: Pipe
     feed = LiveFeed(db=pipeline.mongo(), worker_urls=[a.url], worker_headers=bearer(token))
     feed.refresh_now()
     assert feed.counts_error == "" and feed.counts["complete"]
+    # Told one worker's URL, the status line lists both: a knows the group (GET /workers/).
+    assert [(w["url"], w["status"]) for w in feed.workers] == sorted([(a.url, "ok"), (b.url, "ok")])
     anonymous = LiveFeed(db=pipeline.mongo(), worker_urls=[a.url], worker_headers={})
     anonymous.refresh_now()
     assert "HTTP 401" in anonymous.counts_error
-    assert anonymous.workers[0]["status"] == "ok"  # /health/ stays open for probes
+    # /health/ stays open for probes; the cluster's members are a protected read.
+    assert [(w["url"], w["status"]) for w in anonymous.workers] == [(a.url, "ok")]

@@ -196,10 +196,11 @@ def store_for(db, seeded, **params) -> DataStore:
 
 
 class FakeWorker:
-    """A real HTTP server answering GET /counts/ and /health/ with canned JSON; counts requests."""
+    """A real HTTP server answering GET /counts/, /workers/ and /health/ with canned JSON; counts requests."""
 
     def __init__(self, counts: dict[str, Any]) -> None:
         self.counts = counts
+        self.members: list[str] = []  # GET /workers/: the cluster's workers (itself when empty)
         self.requests: list[str] = []
         self.authorization: list[str | None] = []  # the Authorization header of each request
         owner = self
@@ -210,9 +211,11 @@ class FakeWorker:
                 owner.authorization.append(self.headers.get("Authorization"))
                 if self.path.startswith("/counts/"):
                     body, status = owner.counts, 200
+                elif self.path.startswith("/workers/"):
+                    body, status = {"answered_by": owner.url, "members": owner.members or [owner.url]}, 200
                 elif self.path.startswith("/health/"):
                     models = [{"name": MODEL, "version": "1.0.0"}]
-                    body, status = {"status": "ok", "models": models, "lag": 0}, 200
+                    body, status = {"status": "ok", "url": owner.url, "models": models, "lag": 0}, 200
                 else:
                     body, status = {"error": "not found"}, 404
                 data = json.dumps(body).encode()
@@ -433,9 +436,36 @@ def test_counts_ask_no_worker_after_the_first_good_answer(worker: FakeWorker):
 
 
 def test_worker_health_is_one_row_per_worker(worker: FakeWorker):
-    health = workers.worker_health([worker.url, dead_url()])
-    assert health[0]["status"] == "ok" and health[0]["models"] == [f"{MODEL}:1.0.0"]
-    assert health[1]["status"] == "down" and health[1]["error"]
+    down = dead_url()
+    health = {row["url"]: row for row in workers.worker_health([worker.url, down])}
+    assert health.keys() == {worker.url, down}
+    assert health[worker.url]["status"] == "ok" and health[worker.url]["models"] == [f"{MODEL}:1.0.0"]
+    assert health[down]["status"] == "down" and health[down]["error"]
+
+
+def test_the_status_line_lists_every_worker_of_the_cluster_from_one_address():
+    """IMGFLOW_WORKER_URLS may name one address (a Compose service, a Kubernetes Service: one
+    replica per request); every worker the cluster reports gets its row, each one once."""
+    a, b = FakeWorker(counts_body()), FakeWorker(counts_body())
+    gone = dead_url()  # a member that stopped answering since the last rebalance
+    try:
+        for w in (a, b):
+            w.members = [a.url, b.url, gone]
+        # "localhost" reaches worker a but is not the URL it advertises, like a Service's name.
+        service = a.url.replace("127.0.0.1", "localhost")
+        rows = workers.worker_health([service])
+        assert [row["url"] for row in rows] == sorted([a.url, b.url, gone])
+        assert {row["url"]: row["status"] for row in rows} == {a.url: "ok", b.url: "ok", gone: "down"}
+
+        feed = LiveFeed(db=None, worker_urls=[service])
+        feed.refresh_now()
+        line = ThroughputView(feed=feed).workers_html()
+        for url, status in ((a.url, "ok"), (b.url, "ok"), (gone, "down")):
+            assert f"{url} <b>{status}</b>" in line
+        assert service not in line
+    finally:
+        a.close()
+        b.close()
 
 
 def test_the_worker_client_sends_the_headers_it_is_given(worker: FakeWorker):
@@ -443,7 +473,7 @@ def test_the_worker_client_sends_the_headers_it_is_given(worker: FakeWorker):
     # checks a real worker's answer with and without it.
     feed = LiveFeed(db=None, worker_urls=[worker.url], worker_headers={"Authorization": "Bearer t0k"})
     feed.collect()
-    assert {p.split("?")[0] for p in worker.requests} == {"/counts/", "/health/"}
+    assert {p.split("?")[0] for p in worker.requests} == {"/counts/", "/workers/", "/health/"}
     assert set(worker.authorization) == {"Bearer t0k"}
 
 

@@ -4,6 +4,7 @@
   oldest unprocessed age); 503 until ready.
 - ``GET /counts/``: live label counts for the whole cluster, from any worker.
 - ``GET /counts/local/?partitions=0,1``: this worker's share (used by /counts/).
+- ``GET /workers/``: every worker of the cluster (the dashboard's status line asks each one).
 - ``GET /metrics``: Prometheus text.
 - ``GET /images/{image_id}``: the stored result from MongoDB.
 
@@ -50,6 +51,19 @@ def owners() -> dict[str, set[int]]:
         if parts:
             result[_norm(url)] = parts
     return result
+
+
+def members() -> list[str]:
+    """Every worker of the cluster: the URL each member of the consumer group advertises.
+
+    The group leader's assignor hands every member the whole distribution of partitions keyed by
+    member URL, members that got no partition included (faust/assignor/partition_assignor.py:
+    ``_get_changelog_distribution`` runs over every member's assignment), so any worker knows them
+    all as of the last rebalance. This worker is one of them even before it has joined.
+    """
+    router = app.router
+    urls = {*router.tables_metadata(), *router.external_topics_metadata(), app.conf.canonical_url}
+    return sorted({_norm(url) for url in urls})
 
 
 def _partitions_arg(request: Request) -> set[int] | None:
@@ -141,6 +155,15 @@ class ClusterCounts(View):
                 "windows": windows[:limit],
             }
         )
+
+
+@app.page("/workers/")
+class Workers(View):
+    """The cluster's workers, from any of them: a load-balanced address (a Compose service, a
+    Kubernetes Service) reaches one replica per request, so a client cannot list them itself."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json({"answered_by": _norm(app.conf.canonical_url), "members": members()})
 
 
 _joined = {"done": False}
