@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 from faust.types import EventT, TopicT
 
@@ -119,8 +120,26 @@ def parse_frame_event(event: EventT) -> Frame:
     return parse_frame(event.value, event.key, headers, message_id(msg.topic, msg.partition, msg.offset))
 
 
+#: One semaphore per decode pool, as many slots as it has threads, shared by every stage that
+#: decodes on it (paths and frames): an image's decode timeout starts when a thread takes it.
+_SLOTS: WeakKeyDictionary[Executor, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = WeakKeyDictionary()
+
+
+def thread_slots(pool: Executor) -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    found = _SLOTS.get(pool)
+    if found is None or found[0] is not loop:  # a semaphore belongs to one event loop
+        found = _SLOTS[pool] = (
+            loop,
+            asyncio.Semaphore(getattr(pool, "_max_workers", settings.decode_threads)),
+        )
+    return found[1]
+
+
 class Decoder:
-    """Decodes a batch in the decode threads, each image bounded in time."""
+    """Decodes a batch in the decode threads, each image bounded in time from when a thread
+    takes it (a decode that overruns keeps its thread until it ends: the slot is given back at
+    the timeout, so a stuck read delays the images after it but cannot hold the stage)."""
 
     def __init__(
         self,
@@ -143,7 +162,10 @@ class Decoder:
         loop = asyncio.get_running_loop()
         work = partial(decode_one, item, self.limits, self.roots, default_model, data, self.frames)
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.pool, work), settings.decode_timeout)
+            # A free thread first, then the clock: an image waiting behind a batch larger than
+            # the threads is not slow, and must not fail as decode_timeout.
+            async with thread_slots(self.pool):
+                return await asyncio.wait_for(loop.run_in_executor(self.pool, work), settings.decode_timeout)
         except TimeoutError:
             return ImageRejected("decode_timeout", f"decoding took longer than {settings.decode_timeout:g}s")
         except Exception as exc:  # a bad image never stops the stage
