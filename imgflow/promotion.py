@@ -234,20 +234,41 @@ class ActiveModel(Service):
         )
 
 
+async def cluster_members(http: Any, urls: list[str]) -> list[str]:
+    """The group's members (their advertised URLs) from the first of ``urls`` that answers."""
+    import aiohttp
+
+    for url in urls:
+        try:
+            async with http.get(f"{url.rstrip('/')}/workers/") as response:
+                body = await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            continue
+        if isinstance(body, dict) and isinstance(body.get("members"), list) and body["members"]:
+            return [str(member).rstrip("/") for member in body["members"]]
+    return []
+
+
 async def wait_for_workers(
     settings: Settings, spec_path: Path, promoted_at: float, timeout: float
 ) -> dict[str, float | None]:
-    """Per worker (``IMGFLOW_WORKER_URLS``): seconds from the promotion until its ``/health/``
-    named ``spec_path`` as its default, or None if it did not within ``timeout``."""
+    """Per worker: seconds from the promotion until its ``/health/`` named ``spec_path`` as its
+    default, or None if it did not within ``timeout``.
+
+    The workers are the consumer group's members as any of ``IMGFLOW_WORKER_URLS`` reports
+    them (``GET /workers/``): that setting may be one load-balanced address (a Compose service,
+    a Kubernetes Service) that reaches one replica per request. If none answers, the
+    configured URLs themselves."""
     import aiohttp
 
     from imgflow.web.auth import auth_headers
 
-    reached: dict[str, float | None] = dict.fromkeys(settings.worker_url_list)
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=2), headers=auth_headers(settings)
     ) as http:
+        members = await cluster_members(http, settings.worker_url_list)
+        reached: dict[str, float | None] = dict.fromkeys(members or settings.worker_url_list)
         while time.monotonic() < deadline and any(v is None for v in reached.values()):
             for url in [u for u, v in reached.items() if v is None]:
                 try:
