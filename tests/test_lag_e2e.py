@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import imgflow
 from simulator.dataset import write_dataset
 from tests.support import Pipeline, path_message, produce_raw, wait_until
 
@@ -29,10 +30,19 @@ def scrape(url: str) -> dict[str, dict[tuple[str, str], float]]:
     out: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.startswith("imgflow_consumer_"):
+            if sample.name.startswith(("imgflow_consumer_", "imgflow_build_info")):
                 key = (sample.labels.get("topic", ""), sample.labels.get("partition", ""))
                 out[sample.name][key] = sample.value
     return out
+
+
+def build_version(url: str) -> str:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    [sample] = families["imgflow_build_info"].samples
+    return sample.labels["version"]
 
 
 def test_lag_and_the_oldest_unprocessed_age_rise_with_a_backlog_and_fall_to_zero(
@@ -48,6 +58,7 @@ def test_lag_and_the_oldest_unprocessed_age_rise_with_a_backlog_and_fall_to_zero
     paths_topic = pipeline.topic("paths")
     idle = scrape(worker.url)
     assert idle["imgflow_consumer_lag_total"][("", "")] == 0
+    assert idle["imgflow_build_info"] == {("", ""): 1.0} and build_version(worker.url) == imgflow.__version__
     owned = {p for (t, p) in idle["imgflow_consumer_lag"] if t == paths_topic}
     assert owned == {"0", "1", "2", "3"}  # one worker owns every partition of the paths topic
 
@@ -69,6 +80,7 @@ def test_lag_and_the_oldest_unprocessed_age_rise_with_a_backlog_and_fall_to_zero
         found["imgflow_consumer_lag"][k] for k in lagging
     )
     _status, health = worker.health()
+    assert health["version"] == imgflow.__version__  # which release answers, for probes and people
     assert health["lag"] >= 0 and set(health["lag_by_partition"]) >= {f"{paths_topic}[{p}]" for p in owned}
     assert health["oldest_unprocessed_s"] is not None
 
