@@ -40,7 +40,7 @@ model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, on
 demo: $(STAMP) $(MODEL_SPEC) ## Run the whole stack (embedded broker + MongoDB unless BROKER_URL/MONGO_URL are set)
 	$(BIN)/python -m imgflow.launcher demo $(DEMO_ARGS)
 
-screenshots: $(STAMP) $(MODEL_SPEC) ## README pictures: the dashboard on the real stack in Chromium, the architecture -> docs/images/*.png (~4 min)
+screenshots: $(STAMP) $(MODEL_SPEC) ## README pictures: the dashboard on the real stack in Chromium, the architecture -> docs/images/*.png (~3 min)
 	$(BIN)/python scripts/architecture.py
 	$(BIN)/python scripts/screenshots.py $(SCREENSHOTS_ARGS)
 

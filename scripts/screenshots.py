@@ -51,19 +51,31 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MAX_BYTES = 500_000
-QUIET_MS = 1200
-#: Resolves once nothing in the page, shadow roots included, has changed for ``quietMs``.
+#: Settings that would point the demo at another stack, or put the page behind a login.
+OWN_STACK = (
+    "BROKER_URL",
+    "MONGO_URL",
+    "IMGFLOW_WORKER_URLS",
+    "IMGFLOW_DASHBOARD_AUTH_FILE",
+    "IMGFLOW_COOKIE_SECRET",
+)
+QUIET_MS = 700
+#: Whether nothing in the page, shadow roots included, changed for ``quietMs`` within ``maxMs``.
 #: New shadow roots sit in observed ones, so their arrival counts as a change.
-QUIET_JS = """async (quietMs) => {
-  let last = performance.now();
+QUIET_JS = """async ([quietMs, maxMs]) => {
+  const start = performance.now();
+  let last = start;
   const observer = new MutationObserver(() => { last = performance.now(); });
   const watch = (root) => {
     observer.observe(root, {subtree: true, childList: true, attributes: true, characterData: true});
     for (const el of root.querySelectorAll('*')) if (el.shadowRoot) watch(el.shadowRoot);
   };
   watch(document);
-  while (performance.now() - last < quietMs) await new Promise((r) => setTimeout(r, 100));
+  while (performance.now() - last < quietMs && performance.now() - start < maxMs) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
   observer.disconnect();
+  return performance.now() - last >= quietMs;
 }"""
 #: Every <img> in the page, shadow roots included: (decoded, total).
 IMAGES_JS = """() => {
@@ -84,8 +96,9 @@ def broken_files(inbox: Path, photo: Path) -> list[str]:
     jpeg = photo.read_bytes()
     files = {
         "notes.jpg": b"meeting notes, not a picture\n" * 20,  # not_an_image
-        "half-copied.jpg": jpeg[: len(jpeg) // 3] + b"\xff\xd9",  # corrupt_image (ends like a JPEG)
-        "empty.png": b"",  # empty_file (the watcher waits its grace period for it to grow)
+        # corrupt_image; like the empty file, sent once the watcher's grace for it to grow is over
+        "half-copied.jpg": jpeg[: len(jpeg) // 3],
+        "empty.png": b"",  # empty_file
     }
     for name, data in files.items():
         hidden = inbox / f".{name}"  # the watcher skips dot-files: the rename makes it appear whole
@@ -102,7 +115,7 @@ class Demo:
 
         self.home = home
         self.log_path = home / "launcher.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "MONGO_URL")}
+        env = {k: v for k, v in os.environ.items() if k not in OWN_STACK}
         env.update(IMGFLOW_HOME=str(home), IMGFLOW_WEB_PORT=str(free_port()), TF_CPP_MIN_LOG_LEVEL="2")
         built = ROOT / "var" / "models" / "efficientnet-lite0" / "model.toml"
         if "IMGFLOW_MODEL" not in env and built.exists():
@@ -173,27 +186,29 @@ def optimised(png: bytes) -> bytes:
     return out.getvalue()
 
 
-def settle(page: Any, timeout_ms: float = 60_000) -> None:
+def settle(page: Any, timeout_s: float = 60) -> None:
     """Until every image is decoded, no spinner shows and the page has been still for a moment."""
-    deadline = time.monotonic() + timeout_ms / 1000
+    deadline = time.monotonic() + timeout_s
     while True:
-        page.evaluate(QUIET_JS, QUIET_MS)
+        quiet = page.evaluate(QUIET_JS, [QUIET_MS, 10_000])
         decoded, total = page.evaluate(IMAGES_JS)
         spinning = page.locator(".pn-loading").count()
-        if decoded == total and not spinning:
+        if quiet and decoded == total and not spinning:
             return
         if time.monotonic() > deadline:
             raise SystemExit(
-                f"the page did not settle: {decoded}/{total} images decoded, {spinning} spinners"
+                f"the page did not settle in {timeout_s:.0f}s: quiet {quiet}, "
+                f"{decoded}/{total} images decoded, {spinning} spinners"
             )
-        page.wait_for_timeout(250)
 
 
 def save(page: Any, path: Path) -> Path:
     settle(page)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(optimised(page.screenshot()))
-    print(f"wrote {path} ({path.stat().st_size / 1000:.0f} KB)", flush=True)
+    size = path.stat().st_size
+    over = f"; over {MAX_BYTES / 1000:.0f} KB even as a palette" if size > MAX_BYTES else ""
+    print(f"wrote {path} ({size / 1000:.0f} KB{over})", flush=True)
     return path
 
 
@@ -237,7 +252,7 @@ def main() -> int:
         "--seconds", type=float, default=150, help="at least this long after the first result"
     )
     parser.add_argument("--rate", type=float, default=5.0, help="simulator images/s (the demo's default)")
-    parser.add_argument("--viewport", default="1440x900", help="browser window, WIDTHxHEIGHT")
+    parser.add_argument("--viewport", default="1440x1040", help="browser window, WIDTHxHEIGHT")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--keep", action="store_true", help="keep the demo's IMGFLOW_HOME (logs) afterwards")
     args = parser.parse_args()
