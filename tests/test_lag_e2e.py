@@ -66,16 +66,19 @@ def test_lag_and_the_oldest_unprocessed_age_rise_with_a_backlog_and_fall_to_zero
     messages = [path_message(p, source="lag") for p in dataset]
     asyncio.run(produce_raw(pipeline.services.bootstrap, paths_topic, messages))
 
-    # ~12 s of decoding: the backlog is read while it lasts.
+    # ~12 s of decoding: the backlog is read while it lasts. The ages come from a probe in the
+    # background (a scrape never waits for it): the first scrape with a lag may not have them.
     def backlog() -> dict | None:
         found = scrape(worker.url)
         lags = {k: v for k, v in found["imgflow_consumer_lag"].items() if k[0] == paths_topic}
-        return found if sum(lags.values()) > 0 else None
+        ages = found["imgflow_consumer_oldest_unprocessed_seconds"]
+        aged = [k for k, v in lags.items() if v > 0 and ages.get(k, 0) > 0]
+        return found if aged else None
 
-    found = wait_until(backlog, 30, "a lag on the paths topic")
+    found = wait_until(backlog, 30, "a lag on the paths topic, with its oldest message's age")
     lagging = {k for k, v in found["imgflow_consumer_lag"].items() if k[0] == paths_topic and v > 0}
     ages = found["imgflow_consumer_oldest_unprocessed_seconds"]
-    assert all(ages[k] >= 0 for k in lagging) and any(ages[k] > 0 for k in lagging)
+    assert all(ages[k] >= 0 for k in lagging if k in ages) and any(ages.get(k, 0) > 0 for k in lagging)
     assert found["imgflow_consumer_lag_total"][("", "")] >= sum(
         found["imgflow_consumer_lag"][k] for k in lagging
     )
@@ -93,3 +96,51 @@ def test_lag_and_the_oldest_unprocessed_age_rise_with_a_backlog_and_fall_to_zero
         "the lag back to zero once committed",
     )
     assert all(v == 0 for v in drained["imgflow_consumer_oldest_unprocessed_seconds"].values())
+
+
+class SlowProbeConsumer:
+    """A probe consumer whose fetch takes until the test lets it finish."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.fetches = 0
+
+    def assign(self, partitions: list) -> None:
+        self.assigned = partitions
+
+    def seek(self, tp, offset: int) -> None:
+        self.offset = offset
+
+    async def getmany(self, tp, timeout_ms: int, max_records: int) -> dict:
+        from types import SimpleNamespace
+
+        self.fetches += 1
+        await self.release.wait()
+        return {tp: [SimpleNamespace(timestamp=1_000_000)]}  # 1,000 s after the epoch
+
+
+@pytest.mark.asyncio
+async def test_the_age_probe_never_holds_up_a_scrape():
+    """/health/ and /metrics answer from the last probe: with a backlog and a broker slow to
+    answer, a scrape returns at once and starts one probe round, not one per scrape."""
+    from imgflow.lag import AgeProbe, PartitionLag
+
+    probe = AgeProbe("unused:9092")
+    fake = SlowProbeConsumer()
+
+    async def started():
+        return fake
+
+    probe._started = started  # type: ignore[method-assign]
+    lags = [PartitionLag("t", 0, lag=5, committed=10), PartitionLag("t", 1, lag=0, committed=3)]
+    first = await probe.ages(lags, now=1_060.0)
+    assert [i.oldest_age_s for i in first] == [None, 0.0]  # not probed yet; no lag: zero
+    second = await probe.ages(lags, now=1_060.0)  # the round is still waiting on the broker
+    assert [i.oldest_age_s for i in second] == [None, 0.0]
+    await asyncio.sleep(0)
+    assert fake.fetches == 1 and not fake.release.is_set()
+    fake.release.set()
+    await probe._round
+    third = await probe.ages(lags, now=1_060.0)
+    assert [i.oldest_age_s for i in third] == [60.0, 0.0] and fake.fetches == 1
+    assert fake.offset == 10  # read at the committed offset
