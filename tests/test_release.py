@@ -212,15 +212,21 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     included) and the data files the code reads beside itself."""
     import zipfile
 
+    tops = ["imgflow", "agents", "tables", "models", "simulator", "dashboard"]
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
+    source = tmp_path / "source"
+    for top in tops:
+        shutil.copytree(ROOT / top, source / top, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    [wheel] = tmp_path.glob("imgflow-*.whl")
+    [wheel] = (tmp_path / "dist").glob("imgflow-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    tops = ["imgflow", "agents", "tables", "models", "simulator", "dashboard"]
     wanted = {
         path.relative_to(ROOT).as_posix()
         for top in tops

@@ -288,45 +288,35 @@ async def test_failures_stage_stores_records_and_keeps_malformed_dead_letters(mo
 # Decode timeouts -------------------------------------------------------------------------------
 
 
-def decode_items(n: int) -> list[ImagePath]:
-    return [ImagePath(image_id=f"img-{i}", path=f"/nowhere/{i}.jpg", source="t") for i in range(n)]
+async def decode_on_one_thread(
+    monkeypatch: pytest.MonkeyPatch, images: int, seconds_each: float, timeout: float
+) -> list[Any]:
+    """``images`` decoded at once on a one-thread pool, each taking ``seconds_each``."""
+    import time
+
+    monkeypatch.setattr(decode, "settings", decode.settings.model_copy(update={"decode_timeout": timeout}))
+
+    def slow(item: ImagePath, *args: Any) -> str:
+        time.sleep(seconds_each)
+        return item.image_id
+
+    monkeypatch.setattr(decode, "decode_one", slow)
+    items = [ImagePath(image_id=f"img-{i}", path=f"/nowhere/{i}.jpg", source="t") for i in range(images)]
+    pool = ThreadPoolExecutor(1)
+    decoder = decode.Decoder(pool, roots=[])
+    try:
+        return await asyncio.gather(*(decoder.one(item, Path("m.toml")) for item in items))
+    finally:
+        pool.shutdown()
 
 
 async def test_an_image_waiting_for_a_decode_thread_is_not_timed_out(monkeypatch: pytest.MonkeyPatch):
     """Four images on one thread, each 0.3 s of decoding against a 0.5 s limit: none is slow, so
     none fails, though the last waits 0.9 s for the thread (timed from submission, it would)."""
-    import time
-
-    monkeypatch.setattr(decode, "settings", decode.settings.model_copy(update={"decode_timeout": 0.5}))
-
-    def slow(item: ImagePath, *args: Any) -> str:
-        time.sleep(0.3)
-        return item.image_id
-
-    monkeypatch.setattr(decode, "decode_one", slow)
-    pool = ThreadPoolExecutor(1)
-    decoder = decode.Decoder(pool, roots=[])
-    try:
-        results = await asyncio.gather(*(decoder.one(item, Path("m.toml")) for item in decode_items(4)))
-    finally:
-        pool.shutdown()
+    results = await decode_on_one_thread(monkeypatch, images=4, seconds_each=0.3, timeout=0.5)
     assert results == ["img-0", "img-1", "img-2", "img-3"]
 
 
 async def test_a_decode_that_overruns_fails_as_decode_timeout(monkeypatch: pytest.MonkeyPatch):
-    import time
-
-    monkeypatch.setattr(decode, "settings", decode.settings.model_copy(update={"decode_timeout": 0.2}))
-
-    def stuck(item: ImagePath, *args: Any) -> str:
-        time.sleep(0.6)
-        return item.image_id
-
-    monkeypatch.setattr(decode, "decode_one", stuck)
-    pool = ThreadPoolExecutor(1)
-    decoder = decode.Decoder(pool, roots=[])
-    try:
-        [result] = await asyncio.gather(decoder.one(decode_items(1)[0], Path("m.toml")))
-    finally:
-        pool.shutdown()
+    [result] = await decode_on_one_thread(monkeypatch, images=1, seconds_each=0.6, timeout=0.2)
     assert isinstance(result, ImageRejected) and result.kind == "decode_timeout"
