@@ -1,23 +1,19 @@
 """The dashboard's client of the workers' web views: ``/counts/``, ``/workers/`` and ``/health/``.
 
-Plain ``urllib`` with short timeouts: the shared feed calls it from a thread
-once per refresh, and a worker that does not answer must cost seconds, not a
-stuck page. Reads may be protected by ``IMGFLOW_API_TOKEN``, so every request
+Plain ``urllib`` with short timeouts (``imgflow.web.client``): the shared feed
+calls it from a thread once per refresh, and a worker that does not answer must
+cost seconds, not a stuck page. Reads may be protected by ``IMGFLOW_API_TOKEN``, so every request
 carries the headers ``imgflow.web.auth.auth_headers`` gives for the settings.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dashboard.queries import model_key
-
-HTTP_TIMEOUT = 3.0
+from imgflow.web.client import HTTP_TIMEOUT, cluster_members, fetch_json
 
 
 def configured_urls() -> list[str]:
@@ -33,25 +29,6 @@ def configured_headers() -> dict[str, str]:
     from imgflow.web.auth import auth_headers
 
     return auth_headers(get_settings())
-
-
-def fetch_json(
-    url: str, timeout: float = HTTP_TIMEOUT, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    """GET ``url``; (status, parsed JSON). Raises OSError/ValueError when nobody answers sensibly.
-
-    ``headers`` carry the workers' API token (``configured_headers()``) when one is set.
-    """
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body or b"null")
-        except ValueError:
-            return exc.code, None
 
 
 def fetch_counts(
@@ -76,20 +53,6 @@ def fetch_counts(
             return {"ok": True, "url": url, "body": body, "errors": errors}
         errors[url] = f"HTTP {status}"
     return {"ok": False, "url": None, "body": None, "errors": errors}
-
-
-def cluster_members(
-    urls: Iterable[str], timeout: float = HTTP_TIMEOUT, headers: dict[str, str] | None = None
-) -> list[str]:
-    """Every worker of the cluster (``GET /workers/``) from the first worker that answers; [] if none."""
-    for url in urls:
-        try:
-            status, body = fetch_json(f"{url}/workers/", timeout, headers)
-        except (OSError, ValueError):
-            continue
-        if status == 200 and isinstance(body, dict) and isinstance(body.get("members"), list):
-            return [str(member).rstrip("/") for member in body["members"]]
-    return []
 
 
 def probe_health(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> dict[str, Any]:

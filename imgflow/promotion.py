@@ -234,21 +234,6 @@ class ActiveModel(Service):
         )
 
 
-async def cluster_members(http: Any, urls: list[str]) -> list[str]:
-    """The group's members (their advertised URLs) from the first of ``urls`` that answers."""
-    import aiohttp
-
-    for url in urls:
-        try:
-            async with http.get(f"{url.rstrip('/')}/workers/") as response:
-                body = await response.json() if response.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            continue
-        if isinstance(body, dict) and isinstance(body.get("members"), list) and body["members"]:
-            return [str(member).rstrip("/") for member in body["members"]]
-    return []
-
-
 async def wait_for_workers(
     settings: Settings, spec_path: Path, promoted_at: float, timeout: float
 ) -> dict[str, float | None]:
@@ -262,12 +247,15 @@ async def wait_for_workers(
     import aiohttp
 
     from imgflow.web.auth import auth_headers
+    from imgflow.web.client import cluster_members
 
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=2), headers=auth_headers(settings)
     ) as http:
-        members = await cluster_members(http, settings.worker_url_list)
+        members = await asyncio.to_thread(
+            cluster_members, settings.worker_url_list, 2.0, auth_headers(settings)
+        )
         reached: dict[str, float | None] = dict.fromkeys(members or settings.worker_url_list)
         while time.monotonic() < deadline and any(v is None for v in reached.values()):
             for url in [u for u, v in reached.items() if v is None]:
