@@ -51,8 +51,8 @@ class Stack:
     #: Called with every exit check (about once a second): the broker memory watch.
     checks: list[Callable[[], None]] = field(default_factory=list)
 
-    #: The embedded broker's memory watch, if the launcher started the broker.
-    watch: BrokerMemoryWatch | None = None
+    #: The embedded broker's watch, if the launcher started the broker.
+    watch: BrokerWatch | None = None
     #: How each spawned child was started (name -> argv, port, extra env), to start it again.
     specs: dict[str, tuple[list[str], int, dict[str, str]]] = field(default_factory=dict)
 
@@ -75,17 +75,21 @@ class Stack:
     def roll_broker(self, settings: Settings, drain_timeout: float = 300.0) -> Service:
         """Swap the embedded broker for a fresh one, losing nothing that was submitted.
 
-        The embedded broker keeps every record in memory without retention (DESIGN section 8),
-        so a long demo would fill the machine. Every result is durable in MongoDB once stored,
+        The embedded broker keeps every record in memory without retention and reads a
+        partition in time that grows with what it holds (DESIGN section 8), so a long demo
+        would fill the machine and slow down. Every result is durable in MongoDB once stored,
         so the launcher stops the inputs (watcher, simulator), waits until the workers have
-        committed past every record of the chain, stops them, starts an empty broker on the same
-        port, clears the workers' table state (it belongs to the old changelogs) and starts
-        everything again. The watcher's journal and the simulator pick up where they were;
-        the live window counts start again (the totals are MongoDB's). A promoted default model
-        (imgflow/promotion.py) is carried over to the new broker before the workers start.
+        committed past every record of the chain, stops them, reads the tables' changelogs
+        (compacted: the last value per key), starts an empty broker on the same port, writes
+        them there (positions rebased, tables/rebase.py), clears the workers' local table state
+        (it belongs to the old changelogs) and starts everything again: the workers recover
+        the live window counts from the carried changelogs. The watcher's journal and the
+        simulator pick up where they were. A promoted default model (imgflow/promotion.py) is
+        carried over too.
         """
         from imgflow import promotion
-        from imgflow.broker import wait_for_broker
+        from imgflow.broker import read_changelogs, wait_for_broker, write_changelogs
+        from tables.rebase import rebase
 
         on_broker = settings.model_copy(update={"broker_url": self.env["BROKER_URL"]})
         [broker] = self.named("tansu")
@@ -104,10 +108,18 @@ class Stack:
         for svc in workers:
             self.retire(svc)
         promoted = asyncio.run(promotion.read_current(on_broker))
+        tables = asyncio.run(read_changelogs(on_broker.bootstrap_servers, f"{settings.app_id}-"))
         index = self.services.index(broker)
         self.retire(broker)
         fresh = start_broker(self.home / "logs", port=broker.port)
         self.services.insert(index, fresh)
+
+        async def carry_tables() -> int:
+            await wait_for_broker(on_broker.bootstrap_servers)
+            return await write_changelogs(on_broker.bootstrap_servers, tables, rebase)
+
+        carried = asyncio.run(carry_tables())
+        print(f"   carried the tables over to the new broker ({carried:,} entries)", flush=True)
         if promoted is not None:
 
             async def carry(record: promotion.Promotion) -> None:
@@ -191,13 +203,15 @@ def wait_drained(broker_url: str, settings: Settings, timeout: float) -> int:
 
 
 @dataclass
-class BrokerMemoryWatch:
-    """Say so (in this output and on the dashboard) when the embedded broker nears its memory limit.
+class BrokerWatch:
+    """Say so (in this output and on the dashboard) when the embedded broker nears a limit.
 
-    The embedded broker keeps every record in memory (DESIGN section 8): checked every
-    ``every`` seconds; warned when it holds ``warn_mb`` more than it did once the stack was up
-    (``started_mb``) and again each time it grew another 10%, or with ``roll`` swapped for a
-    fresh broker then.
+    The embedded broker keeps every record in memory and lists every record of a partition on
+    each read of it (DESIGN section 8), so both its memory and its CPU per image grow with what
+    it holds. Checked every ``every`` seconds: its memory beyond what it held once the stack was
+    up (``started_mb``) against ``warn_mb``, and the records of the fullest partition of
+    ``topics`` (read by ``held``) against ``roll_records`` (0: not watched). Warned again each
+    time it grew another 10%, or with ``roll`` swapped for a fresh broker at the first limit.
     """
 
     pid: int
@@ -205,16 +219,19 @@ class BrokerMemoryWatch:
     mongo_url: str
     db_name: str
     every: float = 10.0
-    #: Past ``warn_mb``, ask for the broker to be swapped for a fresh one (``due``; the
-    #: launcher's loop calls ``Stack.roll_broker`` then :meth:`rolled`) instead of only warning.
+    #: Past a limit, ask for the broker to be swapped for a fresh one (``due``; the launcher's
+    #: loop calls ``Stack.roll_broker`` then :meth:`rolled`) instead of only warning.
     roll: bool = False
     due: bool = False
     #: The broker's memory when the stack was up (None: take the first sample; after a roll
     #: the fresh broker's first sample, once the workers have joined and made their topics).
     started_mb: float | None = None
+    roll_records: int = 0
+    #: Reads the records the fullest partition of the chain holds (None: unknown just now).
+    held: Callable[[], int | None] = lambda: None
     _due: float = 0.0
-    _warned_mb: float = 0.0
-    _rolled_at_mb: float = 0.0
+    _warned: float = 0.0
+    _reached: str = ""
 
     def __call__(self) -> None:
         import psutil
@@ -231,19 +248,25 @@ class BrokerMemoryWatch:
             return
         if self.started_mb is None:
             self.started_mb = rss_mb
-        if rss_mb - self.started_mb < self.warn_mb:
-            return
-        message = notices.broker_memory(rss_mb, self.warn_mb)
+        message, size, reached = None, 0.0, ""
+        if rss_mb - self.started_mb >= self.warn_mb:
+            message, size = notices.broker_memory(rss_mb, self.warn_mb), rss_mb
+            reached = f"{rss_mb:,.0f} MB (limit {self.warn_mb:,.0f} MB)"
+        elif self.roll_records:
+            held = self.held()
+            if held is not None and held >= self.roll_records:
+                message, size = notices.broker_records(held, self.roll_records), float(held)
+                reached = f"{held:,} records in one partition (limit {self.roll_records:,})"
         if message is None:
             return
         if self.roll:
             if not self.due:
                 print(f"!! {message} Rolling over to a fresh broker now.", flush=True)
-                self.due, self._rolled_at_mb = True, rss_mb
+                self.due, self._reached = True, reached
             return
-        if rss_mb < self._warned_mb * 1.1:
+        if size < self._warned * 1.1:
             return
-        self._warned_mb = rss_mb
+        self._warned = size
         print(f"!! {message}", flush=True)
         self.post(message)
 
@@ -251,10 +274,10 @@ class BrokerMemoryWatch:
         """The broker was swapped for a fresh one (``pid``): say so, and watch that one."""
         from imgflow import notices
 
-        message = notices.broker_rolled(self._rolled_at_mb, self.warn_mb)
+        message = notices.broker_rolled(self._reached)
         print(f"!! {message} ({seconds:.0f}s)", flush=True)
         self.post(message, level="info")
-        self.pid, self.due, self._warned_mb = pid, False, 0.0
+        self.pid, self.due, self._warned = pid, False, 0.0
         self.started_mb = None  # measured at the next check, a full interval from now
         self._due = time.monotonic() + self.every
 
@@ -266,9 +289,33 @@ class BrokerMemoryWatch:
         try:
             notices.post(client[self.db_name], "broker-memory", message, level=level)
         except Exception as exc:  # the output has it; the dashboard is a second channel
-            log.warning("could not post the broker memory notice: %s", exc)
+            log.warning("could not post the broker notice: %s", exc)
         finally:
             client.close()
+
+
+def chain_held(bootstrap: str, settings: Settings) -> Callable[[], int | None]:
+    """A reader of the records the fullest partition of the chain holds (for :class:`BrokerWatch`).
+
+    It asks the broker in a thread of its own: the watch is called from inside the launcher's
+    result tail (an event loop) as well as outside it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgflow.broker import largest_partition
+
+    topics = [settings.topic(stage) for stage in CHAIN]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="broker-held")
+
+    def held() -> int | None:
+        future = pool.submit(asyncio.run, largest_partition(bootstrap, topics, settings.partitions))
+        try:
+            return future.result(timeout=30)
+        except Exception as exc:  # a broker just starting, a hiccup: the next check asks again
+            log.info("records held unknown: %s", exc)
+            return None
+
+    return held
 
 
 def broker_warn_mb(settings: Settings) -> float:
@@ -380,12 +427,14 @@ def main(argv: list[str] | None = None) -> int:
             notices.clear(client[settings.mongo_db], "broker-memory")  # a new broker starts empty
             client.close()
 
-            stack.watch = BrokerMemoryWatch(
+            stack.watch = BrokerWatch(
                 broker.pid,
                 broker_warn_mb(settings),
                 stack.env["MONGO_URL"],
                 settings.mongo_db,
                 roll=settings.broker_roll,
+                roll_records=settings.broker_roll_records,
+                held=chain_held(stack.env["BROKER_URL"].split("://", 1)[-1], settings),
             )
             stack.checks.append(stack.watch)
         ensure_model(settings)

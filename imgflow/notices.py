@@ -40,12 +40,21 @@ def broker_memory(rss_mb: float, warn_mb: float) -> str | None:
     )
 
 
-def broker_rolled(rss_mb: float, limit_mb: float) -> str:
-    """What to tell people after the launcher swapped a full embedded broker for a fresh one."""
+def broker_records(held: int, limit: int) -> str:
+    """What to tell people when one partition of the embedded broker holds ``held`` records."""
+    return (
+        f"The embedded Kafka broker holds {held:,} records in one partition (limit {limit:,}): it "
+        "lists them all on every read of that partition, so each image costs it more the longer it runs. "
+        "For long runs use Apache Kafka (docker compose up; BROKER_URL), or restart the demo."
+    )
+
+
+def broker_rolled(reached: str) -> str:
+    """What to tell people after the launcher swapped a full embedded broker for a fresh one
+    (``reached``: which limit, e.g. "1,500 MB (limit 1,000 MB)")."""
     at = datetime.now(UTC).strftime("%H:%M UTC")
     return (
-        f"The embedded Kafka broker reached {rss_mb:,.0f} MB (limit {limit_mb:,.0f} MB) and was rolled "
-        f"over to a fresh one at {at}, after every submitted image was stored: results are in MongoDB, "
-        "the live window counts started again. "
-        "For long runs use Apache Kafka (docker compose up; BROKER_URL)."
+        f"The embedded Kafka broker reached {reached} and was rolled over to a fresh one at {at}, "
+        "after every submitted image was stored: results are in MongoDB, the live window counts "
+        "were carried over. For long runs use Apache Kafka (docker compose up; BROKER_URL)."
     )

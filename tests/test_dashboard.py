@@ -1168,15 +1168,46 @@ def test_the_broker_memory_notice_says_what_to_do_only_past_the_limit():
     assert message and "1,500 MB" in message and "Apache Kafka" in message
 
 
+def test_the_broker_watch_rolls_over_when_one_partition_holds_too_many_records(capsys):
+    """Records held in the fullest partition (each read of it lists them all) are a limit too."""
+    import os
+
+    from imgflow.launcher import BrokerWatch
+
+    held: list[int | None] = [4_999]
+    watch = BrokerWatch(
+        os.getpid(), warn_mb=1e9, mongo_url="mongodb://unused", db_name="unused", every=0.0,
+        roll=True, roll_records=5_000, held=lambda: held[0],
+    )  # fmt: skip
+    watch()
+    assert not watch.due and capsys.readouterr().out == ""
+    held[0] = None  # the broker did not answer: no decision
+    watch()
+    assert not watch.due
+    held[0] = 5_000
+    watch()
+    assert watch.due
+    out = capsys.readouterr().out
+    assert "holds 5,000 records in one partition (limit 5,000)" in out and "Rolling over" in out
+    watch()  # said once while the roll is due
+    assert capsys.readouterr().out == ""
+    unwatched = BrokerWatch(
+        os.getpid(), warn_mb=1e9, mongo_url="mongodb://unused", db_name="unused", every=0.0,
+        roll=True, roll_records=0, held=lambda: 10**9,
+    )  # fmt: skip
+    unwatched()
+    assert not unwatched.due
+
+
 @e2e
 def test_the_launcher_warns_on_the_dashboard_when_the_broker_grows(db, mongo_url: str, capsys):
     """The watch reads a process's memory (here this test's own) and posts once per 10% growth."""
     import os
 
     from imgflow import notices
-    from imgflow.launcher import BrokerMemoryWatch
+    from imgflow.launcher import BrokerWatch
 
-    watch = BrokerMemoryWatch(
+    watch = BrokerWatch(
         os.getpid(), warn_mb=1.0, mongo_url=mongo_url, db_name=db.name, every=0.0, started_mb=0.0
     )
     watch()

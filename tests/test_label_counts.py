@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aiokafka.partitioner import DefaultPartitioner
 
 from tables.label_counts import count_of, count_once, merge, partition_of, should_count
@@ -91,3 +93,21 @@ def test_every_copy_of_a_stored_result_falls_in_its_requests_window():
         assert request_time(event) == 1000.5  # type: ignore[arg-type]
     malformed = SimpleNamespace(value=b"{", message=SimpleNamespace(timestamp=1234.0))
     assert request_time(malformed) == 1234.0  # type: ignore[arg-type]
+
+
+def test_counts_carried_to_a_fresh_broker_keep_counting_and_never_recount():
+    """A roll-over (imgflow/launcher.py) carries the tables to a broker whose offsets start at 0."""
+    from tables.rebase import rebase
+
+    counts_topic, counted_topic = "imgflow-label_model_counts-changelog", "imgflow-label_counted-changelog"
+    # Before: 7 counted, the last at position 12,000 of the old broker's imgflow-stored.
+    carried = json.loads(rebase(counts_topic, json.dumps([7, 12_000]).encode()) or b"null")
+    assert carried == [7, 0]
+    assert count_once(carried, 1) == [8, 1]  # the new broker's first event counts
+    assert count_once([7, 12_000], 1) == [7, 12_000]  # (what an unrebased count would do: nothing)
+    assert rebase(counts_topic, b"3") == b"[3, 0]"  # a bare int from older state
+    # An image counted on the old broker stays counted, whatever position its copy has now.
+    seen = json.loads(rebase(counted_topic, b"12000") or b"null")
+    assert not any(should_count(seen, position) for position in (1, 2, 12_000, 99_999))
+    assert should_count(0, 1)  # (an image never counted is)
+    assert rebase("imgflow-other-changelog", b'{"x": 1}') == b'{"x": 1}'

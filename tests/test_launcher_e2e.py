@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -10,8 +11,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,10 +205,19 @@ def test_sigterm_to_make_demo_stops_everything(tmp_path: Path, default_model_spe
     assert demo.proc.returncode != 0  # make re-raises the signal it was stopped by
 
 
-def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
+def counted_windows(worker_url: str) -> list[dict[str, Any]]:
+    """The windows of live counts a worker serves for the whole cluster."""
+    with urllib.request.urlopen(f"{worker_url}/counts/?windows=1000", timeout=10) as resp:
+        body = json.load(resp)
+    assert body["complete"], body
+    return list(body["windows"])
+
+
+def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image_or_a_count(
     tmp_path: Path, default_model_spec: Path, demos: list[Demo]
 ):
-    """Past its memory limit the broker is swapped for a fresh one; images in flight all land."""
+    """Past its record limit the broker is swapped for a fresh one: images in flight all land,
+    and the live counts go on from where they were (the tables are carried over)."""
     from PIL import Image
     from pymongo import MongoClient
 
@@ -212,9 +225,16 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
     from imgflow.settings import Settings
 
     rng = np.random.default_rng(7)
-    # A limit the broker passes within a minute (it keeps ~10 KB per image) and its own start
-    # does not (its topics and the group: ~3 MB).
-    demo = Demo(tmp_path, default_model_spec, rate=25, IMGFLOW_BROKER_MEMORY_WARN_MB="8")
+    # A limit one partition of the chain passes within a minute at 25 images/s (~6 records a
+    # second each); the memory limit out of reach (the watch's memory side: test_dashboard.py).
+    demo = Demo(
+        tmp_path,
+        default_model_spec,
+        rate=25,
+        IMGFLOW_BROKER_ROLL_RECORDS="200",
+        IMGFLOW_WINDOW_SECONDS="10",
+        IMGFLOW_BROKER_MEMORY_WARN_MB="100000",
+    )
     demos.append(demo)
     inbox = demo.home / "inbox"
     dropped: list[str] = []
@@ -228,7 +248,11 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
         asyncio.run(publish(on_broker, promoted))
         assert "Rolling over" not in demo.out  # the record went to the broker that will be rolled
         demo.wait_for("stored ", 240)
+        worker = re.search(r"worker 1\s+(http://\S+)/health/", demo.out)
+        assert worker, demo.out
         rolling = demo.wait_for("Rolling over to a fresh broker now", 120)
+        rolling_at = time.time()
+        assert "records in one partition (limit 200)" in demo.lines[rolling], demo.lines[rolling]
         # Files keep coming while the chain drains, the broker is swapped and all restarts.
         deadline = time.monotonic() + 180
         rolled = None
@@ -254,6 +278,16 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image(
         while missing() and time.monotonic() < deadline:
             time.sleep(1)
         assert not missing(), f"{len(missing())} of {len(dropped)} dropped images never stored"
+        assert demo.find("carried the tables over to the new broker", after=rolling) is not None, demo.out
+        # Windows that closed before the roll began hold only requests stored and counted on the
+        # old broker (it drained first): the new one has their counts only if the tables came over.
+        closed = [w for w in counted_windows(worker.group(1)) if w["end"] <= rolling_at]
+        assert len(closed) >= 2, (rolling_at, counted_windows(worker.group(1)))
+        for window in closed:
+            when = {"$gte": datetime.fromtimestamp(window["start"], UTC)}
+            when["$lt"] = datetime.fromtimestamp(window["start"] + 10, UTC)  # Faust's "end" is 0.1 s short
+            truth = Counter(d["label"] for d in db.images.find({"submitted_at": when}, {"label": 1}))
+            assert sum(truth.values()) > 0 and Counter(window["counts"]) == truth, (window, truth)
         assert "carried the promotion of efficientnet-lite0:1.0.0 over" in demo.out, demo.out
         assert asyncio.run(read_current(on_broker)) == promoted
     finally:
