@@ -52,8 +52,11 @@ def role_of(proc: psutil.Process) -> str | None:
     return next((name for name, pattern in ROLES if pattern.search(cmd)), "other")
 
 
-def rss_by_role(root: psutil.Process) -> dict[str, float]:
-    """MB resident per role over the launcher's process tree (several workers: summed)."""
+def rss_by_role(root: psutil.Process, cpu: dict[int, tuple[str, float]] | None = None) -> dict[str, float]:
+    """MB resident per role over the launcher's process tree (several workers: summed).
+
+    ``cpu``, if given, is updated with each process's CPU seconds so far by pid (a process
+    that ended keeps its last reading: a rolled broker's CPU still counts)."""
     found: dict[str, float] = {}
     try:
         procs = [root, *root.children(recursive=True)]
@@ -65,9 +68,26 @@ def rss_by_role(root: psutil.Process) -> dict[str, float]:
             continue
         try:
             found[role] = found.get(role, 0.0) + proc.memory_info().rss / 1e6
+            if cpu is not None:
+                times = proc.cpu_times()
+                cpu[proc.pid] = (role, times.user + times.system)
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def cpu_by_role(cpu: dict[int, tuple[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for role, seconds in cpu.values():
+        out[role] = round(out.get(role, 0.0) + seconds, 2)
+    return out
+
+
+def log_count(path: Path, needle: str) -> int:
+    try:
+        return path.read_text(errors="replace").count(needle)
+    except OSError:
+        return 0
 
 
 def stored(mongo_url: str | None, db_name: str) -> int | None:
@@ -147,9 +167,17 @@ def growth(
         # The week's extrapolation from the settled line when the run has one: a bounded
         # structure that was filling is not growth for the rest of the week.
         week_slope = settled_per_image if settled_per_image is not None else per_image
+        cpu_rows = [s for s in with_images if role in s.get("cpu_s", {})]
+        cpu_ms = None
+        if len(cpu_rows) >= 2 and cpu_rows[-1]["images"] > cpu_rows[0]["images"]:
+            spent = cpu_rows[-1]["cpu_s"][role] - cpu_rows[0]["cpu_s"][role]
+            cpu_ms = 1000 * spent / (cpu_rows[-1]["images"] - cpu_rows[0]["images"])
         out[role] = {
             "start_mb": first,
             "end_mb": last,
+            "max_mb": max((s["rss_mb"][role] for s in rows), default=None),
+            # CPU per image stored after the warm-up (every process of the role, rolled ones too).
+            "cpu_ms_per_image": cpu_ms,
             "mb_per_hour": per_hour,
             # The same line over the samples after the tables are full (None if the run ends first).
             "mb_per_hour_settled": settled * 3600 if settled is not None else None,
@@ -226,6 +254,8 @@ def main() -> int:
     samples: list[dict[str, Any]] = []
     mongo_url = broker_url = None
     db_name = env.get("MONGO_DB", "imgflow")
+    cpu: dict[int, tuple[str, float]] = {}
+    sent_before, last_ends = 0, 0
     started = time.monotonic()
     print(
         f"demo in {home}: {args.workers} worker(s), {args.rate:g} images/s, {args.minutes:g} min", flush=True
@@ -245,17 +275,33 @@ def main() -> int:
                     broker = re.search(r"broker\s+(kafka://\S+)", (home / "launcher.log").read_text())
                     broker_url = broker.group(1) if broker else None
             t = time.monotonic() - started
+            ends = submitted(broker_url)
+            if ends is not None:
+                # A roll-over starts an empty broker: count on from what the old one had
+                # (it drained first; paths published after the last reading are missed).
+                if ends < last_ends:
+                    sent_before += last_ends
+                last_ends = ends
             sample: dict[str, Any] = {
                 "t": round(t, 1),
                 "images": stored(mongo_url, db_name),
-                "submitted": submitted(broker_url),
-                "rss_mb": rss_by_role(root),
+                "submitted": sent_before + ends if ends is not None else None,
+                "rss_mb": rss_by_role(root, cpu),
+                "cpu_s": cpu_by_role(cpu),
+                "rolls": log_count(home / "launcher.log", "was rolled over"),
+                "stall_warnings": sum(
+                    log_count(p, "stalled partitions") for p in (home / "logs").glob("worker*.log")
+                ),
             }
             samples.append(sample)
             if len(samples) % 6 == 1:
                 rss = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(sample["rss_mb"].items()))
                 done, sent = sample["images"] or 0, sample["submitted"] or 0
-                print(f"  {t / 60:5.1f} min  {done:>7,} stored of {sent:>7,}  MB: {rss}", flush=True)
+                print(
+                    f"  {t / 60:5.1f} min  {done:>7,} stored of {sent:>7,}  rolls {sample['rolls']}"
+                    f"  stalls {sample['stall_warnings']}  MB: {rss}",
+                    flush=True,
+                )
             time.sleep(max(0.0, args.interval - (time.monotonic() - started - t)))
     finally:
         # SIGTERM: the launcher stops everything it started (SIGINT is ignored by a process
@@ -286,11 +332,13 @@ def main() -> int:
     title = f"imgflow demo, {args.workers} worker(s), {args.rate:g} images/s ({results['commit']})"
     plot(samples, args.out.with_suffix(".png"), title, settled_s)
     head = f"{'MB/hour':>9} {'settled':>9} {'MB/10k stored':>13} {'MB/10k sent':>11} {'7 d at 5/s':>11}"
-    print(f"\n{'process':<10} {'start':>8} {'end':>8} {head}")
+    print(f"\n{'process':<10} {'start':>8} {'end':>8} {'max':>8} {'CPU ms/img':>9} {head}")
     for role, g in results["growth"].items():
         cells = [
             g["start_mb"],
             g["end_mb"],
+            g["max_mb"],
+            g["cpu_ms_per_image"],
             g["mb_per_hour"],
             g["mb_per_hour_settled"],
             g["mb_per_10k_images"],
@@ -298,6 +346,11 @@ def main() -> int:
             g["week_at_demo_rate_mb"],
         ]
         print(f"{role:<10} " + " ".join(f"{c:>9,.0f}" if c is not None else f"{'-':>9}" for c in cells))
+    last = samples[-1] if samples else {}
+    print(
+        f"\n{last.get('images')} stored of {last.get('submitted')} submitted; "
+        f"{last.get('rolls')} broker roll-overs; {last.get('stall_warnings')} stalled-partition warnings"
+    )
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')} (logs in {home})")
     return 0
 
