@@ -55,6 +55,7 @@ from imgflow.embedded import (
     Service,
     deployment_env,
     free_port,
+    shared_cores,
     start_broker,
     start_mongo,
     worker_argv,
@@ -224,7 +225,9 @@ def run_workers(
 ) -> dict[str, Any]:
     """``n`` fresh workers: first result, saturation throughput with CPU per process, (n=1) latency."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
-    env = deployment_env(broker.url, mongo.url, prefix, home, spec, IMGFLOW_IMAGE_ROOTS=str(paths[0].parent))
+    env = deployment_env(
+        broker.url, mongo.url, prefix, home, spec, IMGFLOW_IMAGE_ROOTS=str(paths[0].parent), **shared_cores(n)
+    )
     if args.code:
         env["PYTHONPATH"] = str(args.code)
     settings = Settings(BROKER_URL=broker.url, IMGFLOW_TOPIC_PREFIX=prefix)

@@ -142,6 +142,16 @@ def deployment_env(
     }
 
 
+def shared_cores(workers: int) -> dict[str, str]:
+    """Model threads for each of ``workers`` workers sharing this machine's cores (TFLite's
+    default takes all of them in every worker: two workers on two cores then fight for them).
+    An ``IMGFLOW_MODEL_THREADS`` already set wins."""
+    if os.environ.get("IMGFLOW_MODEL_THREADS"):
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"IMGFLOW_MODEL_THREADS": str(max(1, cores // max(1, workers)))}
+
+
 class MissingExtra(RuntimeError):
     """An embedded service whose package a production install leaves out."""
 

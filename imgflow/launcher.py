@@ -23,7 +23,15 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgflow.embedded import Service, free_port, start_broker, start_mongo, wait_for_port, worker_argv
+from imgflow.embedded import (
+    Service,
+    free_port,
+    shared_cores,
+    start_broker,
+    start_mongo,
+    wait_for_port,
+    worker_argv,
+)
 from imgflow.settings import Settings
 
 log = logging.getLogger("imgflow.launcher")
@@ -458,7 +466,12 @@ def main(argv: list[str] | None = None) -> int:
                 # A new embedded broker starts empty (memory only): tables kept from the last
                 # one are ahead of its changelogs, and Faust refuses to start on them.
                 shutil.rmtree(data_dir, ignore_errors=True)
-            stack.spawn(f"worker{i + 1}", worker_argv(port), port, env={"IMGFLOW_DATA_DIR": str(data_dir)})
+            stack.spawn(
+                f"worker{i + 1}",
+                worker_argv(port),
+                port,
+                env={"IMGFLOW_DATA_DIR": str(data_dir), **shared_cores(args.workers)},
+            )
         stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
         stack.spawn(
             "simulator",

@@ -94,3 +94,18 @@ def test_windows_are_whole_seconds_and_a_step_never_leaves_gaps(monkeypatch: pyt
             monkeypatch.delenv("IMGFLOW_WINDOW_STEP")
         with pytest.raises(ValueError, match=wrong):
             Settings()
+
+
+def test_workers_sharing_a_machine_share_its_cores_for_the_model(monkeypatch):
+    """make demo and the benchmark start N workers on one machine: each gets cores/N model threads."""
+    import os
+
+    from imgflow.embedded import shared_cores
+
+    monkeypatch.delenv("IMGFLOW_MODEL_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert shared_cores(1) == {"IMGFLOW_MODEL_THREADS": "4"}
+    assert shared_cores(2) == {"IMGFLOW_MODEL_THREADS": "2"}
+    assert shared_cores(8) == {"IMGFLOW_MODEL_THREADS": "1"}  # never 0 (which means all cores)
+    monkeypatch.setenv("IMGFLOW_MODEL_THREADS", "3")
+    assert shared_cores(2) == {}  # what the user set wins (the workers inherit it)
