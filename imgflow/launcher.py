@@ -96,8 +96,7 @@ class Stack:
         carried over too.
         """
         from imgflow import promotion
-        from imgflow.broker import read_changelogs, wait_for_broker, write_changelogs
-        from tables.rebase import rebase
+        from imgflow.broker import wait_for_broker
 
         on_broker = settings.model_copy(update={"broker_url": self.env["BROKER_URL"]})
         [broker] = self.named("tansu")
@@ -116,18 +115,19 @@ class Stack:
         for svc in workers:
             self.retire(svc)
         promoted = asyncio.run(promotion.read_current(on_broker))
-        tables = asyncio.run(read_changelogs(on_broker.bootstrap_servers, f"{settings.app_id}-"))
+        carrier = TableCarrier(on_broker.bootstrap_servers[0], f"{settings.app_id}-", self.home / "logs")
         index = self.services.index(broker)
         self.retire(broker)
         fresh = start_broker(self.home / "logs", port=broker.port)
         self.services.insert(index, fresh)
-
-        async def carry_tables() -> int:
-            await wait_for_broker(on_broker.bootstrap_servers)
-            return await write_changelogs(on_broker.bootstrap_servers, tables, rebase)
-
-        carried = asyncio.run(carry_tables())
-        print(f"   carried the tables over to the new broker ({carried:,} entries)", flush=True)
+        carried = carrier.write()
+        if carried is None:
+            print(
+                f"!! the tables could not be carried over (see {carrier.log}): the live counts start again",
+                flush=True,
+            )
+        else:
+            print(f"   carried the tables over to the new broker ({carried:,} entries)", flush=True)
         if promoted is not None:
 
             async def carry(record: promotion.Promotion) -> None:
@@ -178,6 +178,54 @@ class Stack:
     def stop(self) -> None:
         for svc in reversed(list(self.services)):
             self.retire(svc)
+
+
+class TableCarrier:
+    """``python -m imgflow.carry`` for one roll-over: reads the tables' changelogs from the old
+    broker when made (blocks until it has them), writes them to the new one on :meth:`write`.
+
+    A child process, so the launcher's own memory never holds a table (it runs for days)."""
+
+    def __init__(self, bootstrap: str, prefix: str, logs: Path, timeout: float = 300.0) -> None:
+        import subprocess
+
+        self.log, self.timeout = logs / "carry.log", timeout
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as errors:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "imgflow.carry", bootstrap, prefix],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                start_new_session=True,
+            )
+        assert self.proc.stdout is not None
+        self.read = self._number(self.proc.stdout.readline(), "read")
+
+    @staticmethod
+    def _number(line: str, word: str) -> int | None:
+        head, _, count = line.strip().partition(" ")
+        return int(count) if head == word and count.isdigit() else None
+
+    def write(self) -> int | None:
+        """Tell it to write (the new broker is started); the entries written, None if it failed."""
+        import subprocess
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        written = None
+        try:
+            if self.read is not None:
+                self.proc.stdin.write("write\n")
+                self.proc.stdin.flush()
+                written = self._number(self.proc.stdout.readline(), "wrote")
+            self.proc.stdin.close()
+            self.proc.wait(self.timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        return written if self.proc.returncode == 0 else None
 
 
 #: The chain's topics, each consumed by the app's consumer group.

@@ -312,3 +312,15 @@ def test_a_service_that_ignores_sigterm_is_killed_and_stop_goes_on(tmp_path: Pat
     stubborn.stop()  # must not raise
     assert stubborn.proc.returncode == -signal.SIGKILL
     stubborn.stop()  # idempotent
+
+
+def test_a_carry_that_cannot_read_the_old_broker_writes_nothing_and_says_so(tmp_path: Path):
+    """The roll goes on without the tables (the launcher says the counts start again)."""
+    from imgflow.embedded import free_port
+    from imgflow.launcher import TableCarrier
+
+    carrier = TableCarrier(f"127.0.0.1:{free_port()}", "imgflow-", tmp_path, timeout=60)
+    assert carrier.read is None
+    assert carrier.write() is None
+    assert carrier.proc.returncode not in (0, None)
+    assert "Error" in carrier.log.read_text()  # why, for the person reading the logs
