@@ -112,19 +112,10 @@ def submitted(broker_url: str | None, topic: str = "imgflow-paths", partitions: 
         return None
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def ends() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker_url.split("://", 1)[-1])
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            return int(sum((await consumer.end_offsets(tps)).values()))
-        finally:
-            await consumer.stop()
+    from imgflow.broker import end_offsets
 
     try:
-        return asyncio.run(ends())
+        return sum(asyncio.run(end_offsets(broker_url.split("://", 1)[-1], [topic], partitions)))
     except Exception:
         return None
 

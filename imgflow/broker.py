@@ -84,9 +84,10 @@ async def backlog(bootstrap_servers: str | list[str], group: str, topics: list[s
         await consumer.stop()
 
 
-async def largest_partition(bootstrap_servers: str | list[str], topics: list[str], partitions: int) -> int:
-    """The most records any partition of ``topics`` holds (its end offset: nothing is ever
-    deleted on the embedded broker, and every record is its own batch there)."""
+async def end_offsets(bootstrap_servers: str | list[str], topics: list[str], partitions: int) -> list[int]:
+    """The end offsets of partitions 0..``partitions``-1 of those of ``topics`` that exist: on
+    the embedded broker, the records each holds (nothing is ever deleted there, and every
+    record is its own batch: DESIGN section 8)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
@@ -95,9 +96,14 @@ async def largest_partition(bootstrap_servers: str | list[str], topics: list[str
         known = await consumer.topics()
         tps = [TopicPartition(topic, p) for topic in topics if topic in known for p in range(partitions)]
         ends = await consumer.end_offsets(tps) if tps else {}
-        return max(ends.values(), default=0)
+        return [int(end) for end in ends.values()]
     finally:
         await consumer.stop()
+
+
+async def largest_partition(bootstrap_servers: str | list[str], topics: list[str], partitions: int) -> int:
+    """The most records any partition of ``topics`` holds on the embedded broker."""
+    return max(await end_offsets(bootstrap_servers, topics, partitions), default=0)
 
 
 @dataclass

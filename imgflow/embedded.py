@@ -148,8 +148,9 @@ def shared_cores(workers: int) -> dict[str, str]:
     An ``IMGFLOW_MODEL_THREADS`` already set wins."""
     if os.environ.get("IMGFLOW_MODEL_THREADS"):
         return {}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"IMGFLOW_MODEL_THREADS": str(max(1, cores // max(1, workers)))}
+    from models.backends import default_threads
+
+    return {"IMGFLOW_MODEL_THREADS": str(max(1, default_threads() // max(1, workers)))}
 
 
 class MissingExtra(RuntimeError):

@@ -265,8 +265,8 @@ class BrokerWatch:
     The embedded broker keeps every record in memory and lists every record of a partition on
     each read of it (DESIGN section 8), so both its memory and its CPU per image grow with what
     it holds. Checked every ``every`` seconds: its memory beyond what it held once the stack was
-    up (``started_mb``) against ``warn_mb``, and the records of the fullest partition of
-    ``topics`` (read by ``held``) against ``roll_records`` (0: not watched). Warned again each
+    up (``started_mb``) against ``warn_mb``, and the records of the fullest partition of the
+    chain (read by ``held``) against ``roll_records`` (0: not watched). Warned again each
     time it grew another 10%, or with ``roll`` swapped for a fresh broker at the first limit.
     """
 

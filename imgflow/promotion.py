@@ -249,13 +249,9 @@ async def wait_for_workers(
     from imgflow.web.auth import auth_headers
     from imgflow.web.client import cluster_members
 
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=2), headers=auth_headers(settings)
-    ) as http:
-        members = await asyncio.to_thread(
-            cluster_members, settings.worker_url_list, 2.0, auth_headers(settings)
-        )
+    deadline, headers = time.monotonic() + timeout, auth_headers(settings)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), headers=headers) as http:
+        members = await asyncio.to_thread(cluster_members, settings.worker_url_list, 2.0, headers)
         reached: dict[str, float | None] = dict.fromkeys(members or settings.worker_url_list)
         while time.monotonic() < deadline and any(v is None for v in reached.values()):
             for url in [u for u, v in reached.items() if v is None]:
