@@ -26,7 +26,7 @@ from agents.stage import Outcome, Stage
 from imgflow.annotate import annotated_jpeg
 from imgflow.app import app, settings
 from imgflow.frames import FrameStore, frame_key, is_frame
-from imgflow.imaging import ImageRejected, Limits, read_file
+from imgflow.imaging import ImageRejected, decode_limits, read_file
 from imgflow.metrics import METRICS
 from imgflow.objects import is_uri, read_object, require_object_root
 from imgflow.records import RECORD_HEADER, Prediction, parse
@@ -61,7 +61,7 @@ class Annotator:
     def __init__(self, frames: FrameStore | None, roots: Sequence[Path] | None = None) -> None:
         self.frames = frames
         self.roots = settings.image_root_paths if roots is None else roots
-        self.limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
+        self.limits = decode_limits(settings)
 
     def original(self, path: str) -> bytes | None:
         try:
@@ -69,7 +69,7 @@ class Annotator:
                 return self.frames.get(frame_key(path)[1]) if self.frames is not None else None
             if is_uri(path):
                 return read_object(require_object_root(path, settings.object_roots), self.limits)
-            return read_file(require_inside_roots(path, self.roots), self.limits)
+            return read_file(require_inside_roots(path, self.roots), self.limits, self.roots)
         except ImageRejected:
             return None
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,12 +26,12 @@ from imgflow.app import app, settings
 from imgflow.metrics import METRICS
 from imgflow.people import People
 from imgflow.records import DecodedImage, Prediction, dumps, parse_tensor
-from imgflow.storage import retry_forever
+from imgflow.retry import retry
 from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, predictions_topic, tensors_topic
 from models.backends import Classifier
 from models.face_model import describe_faces, face_answer
-from models.registry import ModelCache, spec_for
+from models.registry import ModelCache, ModelRegistry, registry_for
 from models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -171,11 +172,16 @@ class Classify:
     """Groups a batch by the model each tensor was decoded for; one model call per group."""
 
     def __init__(
-        self, models: ModelCache, tensors: TensorStore | None = None, people: People | None = None
+        self,
+        models: ModelCache,
+        tensors: TensorStore | None = None,
+        people: People | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
         self.models = models
         self.tensors = tensors
         self.people = people
+        self.registry = registry or registry_for(settings.model_dir_paths, settings.model_spec_path)
 
     async def claim(self, items: list[Tensor], outcome: Outcome) -> list[Tensor]:
         """Fetch the pixels stored beside their messages; mark them done once the batch is safe.
@@ -191,9 +197,7 @@ class Classify:
                 outcome.failed.append((item, TensorRejected(f"pixels stored in {item.elsewhere!r}: unknown")))
             return [item for item in items if item.elsewhere is None]
         store = self.tensors
-        found = await retry_forever(
-            "read pixels", partial(asyncio.to_thread, store.take, [i.blob for i in claimed])
-        )
+        found = await retry("read pixels", partial(asyncio.to_thread, store.take, [i.blob for i in claimed]))
         ready: list[Tensor] = []
         for item in items:
             if item.elsewhere is None:
@@ -211,7 +215,7 @@ class Classify:
         done = [i.blob for i in claimed if found.get(i.blob) is not None]
 
         async def mark_done() -> None:
-            await retry_forever("mark pixels done", partial(asyncio.to_thread, store.done, done))
+            await retry("mark pixels done", partial(asyncio.to_thread, store.done, done))
 
         outcome.then = mark_done
         return ready
@@ -219,16 +223,19 @@ class Classify:
     async def batch(self, items: list[Tensor]) -> Outcome:
         outcome = Outcome()
         items = await self.claim(items, outcome)
-        groups: dict[str, list[tuple[DecodedImage, np.ndarray]]] = defaultdict(list)
+        groups: dict[Path, list[tuple[DecodedImage, np.ndarray]]] = defaultdict(list)
+        specs: dict[Path, ModelSpec] = {}
         for item in items:
             try:
-                spec_path = item.record.model
-                groups[spec_path].append((item.record, to_array(item, spec_for(spec_path).input_size)))
+                # A registered model only (models/registry.py): the record names it, nothing more.
+                spec = await self.registry.aresolve(item.record.model)
+                specs[spec.spec_path] = spec
+                groups[spec.spec_path].append((item.record, to_array(item, spec.input_size)))
             except Exception as exc:
                 outcome.failed.append((item, exc))
         for spec_path, group in groups.items():
             try:
-                model = await self.models.get(spec_for(spec_path))
+                model = await self.models.get(specs[spec_path])
             except Exception as exc:
                 exc.kind = "model_unavailable"  # type: ignore[attr-defined]
                 outcome.failed += [(item, exc) for item, _ in group]
@@ -251,11 +258,12 @@ def stage(
     failures: TopicT = failed_topic,
     tensors: TensorStore | None = None,
     people: People | None = None,
+    registry: ModelRegistry | None = None,
 ) -> Stage[Tensor]:
     return Stage(
         "classify",
         parse=parse_event,
-        process=Classify(models, tensors, people).batch,
+        process=Classify(models, tensors, people, registry).batch,
         output=output,
         failures=failures,
         batch_size=settings.batch_size,
@@ -265,4 +273,6 @@ def stage(
 @app.agent(tensors_topic)
 async def classify(stream):
     resources = app.resources
-    await stage(resources.models, tensors=resources.tensors, people=resources.people).run(stream)
+    await stage(
+        resources.models, tensors=resources.tensors, people=resources.people, registry=resources.registry
+    ).run(stream)

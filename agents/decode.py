@@ -28,15 +28,23 @@ from faust.types import EventT, TopicT
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.frames import Frame, FrameStore, frame_key, is_frame, parse_frame
-from imgflow.imaging import DecodedFile, ImageRejected, Limits, decode_data, decode_image
+from imgflow.imaging import (
+    DecodedFile,
+    ImageRejected,
+    Limits,
+    MemoryBudget,
+    decode_data,
+    decode_limits,
+    read_file,
+)
 from imgflow.metrics import METRICS
 from imgflow.objects import is_uri, read_object, require_object_root
 from imgflow.records import DecodedImage, ImageMeta, ImagePath, message_id, parse_image_path, tensor_message
+from imgflow.retry import retry
 from imgflow.roots import require_inside_roots
-from imgflow.storage import retry_forever
 from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, frames_topic, paths_topic, tensors_topic
-from models.registry import spec_for
+from models.registry import ModelRegistry, registry_for
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +64,37 @@ def decode_one(
     default_model: Path,
     data: bytes | None = None,
     frames: FrameStore | None = None,
+    registry: ModelRegistry | None = None,
 ) -> Decoded:
     """Pure work for one image (runs in a worker thread).
 
-    A file's roots are checked first and the checked real path is what is read, so
-    a link swapped in afterwards cannot redirect the read. A frame is decoded from
+    A file's roots are checked first and the checked real path is what is opened, and the
+    open file is checked again (a regular file, not a link, really inside a root:
+    imgflow/safeio.py), so nothing swapped in between is read. A frame is decoded from
     ``data`` (its message's bytes) or, for a ``frame://`` path without them (a replay),
     from ``frames``. An image not pinned to a model (a replay's ``--model``) is decoded
-    for ``default_model``.
+    for ``default_model``; one pinned to a model gets it only if it is registered
+    (models/registry.py): a message names a model, it never makes a worker open a file.
     """
     if is_frame(item.path):
-        spec = spec_for(item.model or default_model)
         name = str(item.attrs.get("file_name") or frame_key(item.path)[1])
         if data is None:
             if frames is None:
                 raise ImageRejected("frame_gone", "this stage keeps no frames to decode a frame:// path from")
             data = frames.read(item.path)
-        decoded: DecodedFile = decode_data(
-            data, name, spec.input_size, spec.resize, limits, draft=settings.decode_draft
-        )
     elif is_uri(item.path):  # an object store (imgflow/objects.py): the same roots rule, limits, kinds
         uri = require_object_root(item.path, settings.object_roots)
-        spec = spec_for(item.model or default_model)
         name = uri.rsplit("/", 1)[-1]
-        decoded = decode_data(
-            read_object(uri, limits), name, spec.input_size, spec.resize, limits, draft=settings.decode_draft
-        )
+        data = read_object(uri, limits)
     else:
         real = require_inside_roots(item.path, roots)
-        spec = spec_for(item.model or default_model)
-        decoded = decode_image(real, spec.input_size, spec.resize, limits, draft=settings.decode_draft)
+        data = read_file(real, limits, roots)
         name = Path(item.path).name  # the name it was sent as, not a link's target
+    registry = registry or registry_for(settings.model_dir_paths, settings.model_spec_path)
+    spec = registry.resolve(item.model or default_model)
+    decoded: DecodedFile = decode_data(
+        data, name, spec.input_size, spec.resize, limits, draft=settings.decode_draft
+    )
     record = DecodedImage(
         image_id=item.image_id,
         path=item.path,
@@ -136,6 +144,17 @@ def thread_slots(pool: Executor) -> asyncio.Semaphore:
     return found[1]
 
 
+#: One memory budget per decode pool, shared by every stage that decodes on it.
+_BUDGETS: WeakKeyDictionary[Executor, MemoryBudget] = WeakKeyDictionary()
+
+
+def budget_for(pool: Executor) -> MemoryBudget:
+    found = _BUDGETS.get(pool)
+    if found is None:
+        found = _BUDGETS[pool] = MemoryBudget(settings.decode_memory_mb * 2**20)
+    return found
+
+
 class Decoder:
     """Decodes a batch in the decode threads, each image bounded in time from when a thread
     takes it (a decode that overruns keeps its thread until it ends: the slot is given back at
@@ -148,19 +167,23 @@ class Decoder:
         tensors: TensorStore | None = None,
         default_model: Callable[[], Awaitable[Path]] | None = None,
         frames: FrameStore | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
         self.pool = pool
         self.tensors = tensors
         self.frames = frames
         self.default_model = default_model
-        self.limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
+        self.registry = registry or registry_for(settings.model_dir_paths, settings.model_spec_path)
+        self.limits = decode_limits(settings, budget_for(pool))
         self.roots = settings.image_root_paths if roots is None else roots
 
     async def one(
         self, item: ImagePath, default_model: Path, data: bytes | None = None
     ) -> Decoded | Exception:
         loop = asyncio.get_running_loop()
-        work = partial(decode_one, item, self.limits, self.roots, default_model, data, self.frames)
+        work = partial(
+            decode_one, item, self.limits, self.roots, default_model, data, self.frames, self.registry
+        )
         try:
             # A free thread first, then the clock: an image waiting behind a batch larger than
             # the threads is not slow, and must not fail as decode_timeout.
@@ -193,11 +216,11 @@ class Decoder:
         if kept:  # a frame is kept before its result can exist, so its preview always can be read
             if self.frames is None:
                 raise RuntimeError("a decode stage that takes frames needs a FrameStore")
-            await retry_forever("keep frames", partial(asyncio.to_thread, self.frames.put, kept))
+            await retry("keep frames", partial(asyncio.to_thread, self.frames.put, kept))
         elsewhere = None
         if self.tensors is not None and decoded:  # the pixels beside the messages, first
             blobs = [(blob_id(d.record.image_id, d.record.decoded_at), d.pixels) for _, d in decoded]
-            await retry_forever("store pixels", partial(asyncio.to_thread, self.tensors.put, blobs))
+            await retry("store pixels", partial(asyncio.to_thread, self.tensors.put, blobs))
             elsewhere = IN_MONGO
         for item, d in decoded:
             value, headers = tensor_message(d.record, d.pixels, elsewhere)
@@ -215,11 +238,12 @@ def stage(
     default_model: Callable[[], Awaitable[Path]] | None = None,
     frames: FrameStore | None = None,
     parse: Callable[[EventT], ImagePath | Frame] = parse_event,
+    registry: ModelRegistry | None = None,
 ) -> Stage[ImagePath | Frame]:
     return Stage(
         "decode",
         parse=parse,
-        process=Decoder(pool, roots, tensors, default_model, frames).batch,
+        process=Decoder(pool, roots, tensors, default_model, frames, registry).batch,
         output=output,
         failures=failures,
         batch_size=settings.decode_batch_size,
@@ -231,7 +255,11 @@ async def decode(stream):
     beside = app.resources.tensors if settings.tensor_store == "mongo" else None
     resources = app.resources
     await stage(
-        resources.decode_pool, tensors=beside, default_model=resources.active.default, frames=resources.frames
+        resources.decode_pool,
+        tensors=beside,
+        default_model=resources.active.default,
+        frames=resources.frames,
+        registry=resources.registry,
     ).run(stream)
 
 
@@ -246,4 +274,5 @@ async def decode_frames(stream):
         default_model=resources.active.default,
         frames=resources.frames,
         parse=parse_frame_event,
+        registry=resources.registry,
     ).run(stream)

@@ -11,18 +11,19 @@ from functools import partial
 
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
-from imgflow.failures import malformed_failure
+from imgflow.failures import KINDS, STAGES, malformed_failure, metric_label
 from imgflow.metrics import METRICS
 from imgflow.records import Failure, parse
-from imgflow.storage import Store, retry_forever
+from imgflow.retry import retry
+from imgflow.storage import Store
 from imgflow.topics import failed_topic
 
 
 async def store_failures(store: Store, failures: list[Failure]) -> Outcome:
     await store.ready()
-    await retry_forever("store failures", partial(store.write_failures, failures))
+    await retry("store failures", partial(store.write_failures, failures))
     for f in failures:
-        METRICS.failed.labels(f.stage, f.kind).inc()
+        METRICS.failed.labels(metric_label(f.stage, STAGES), metric_label(f.kind, KINDS)).inc()
     return Outcome()
 
 

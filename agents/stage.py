@@ -19,8 +19,11 @@ all of them and lives here, once:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from faust.types import EventT, TopicT
@@ -29,7 +32,10 @@ from imgflow.app import settings
 from imgflow.failures import failure_for, malformed
 from imgflow.metrics import METRICS
 from imgflow.records import MalformedMessage
+from imgflow.retry import is_transient, retry
 from imgflow.topics import failed_topic, publish, publish_all
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -83,26 +89,97 @@ class Stage(Generic[T]):
         async for events in stream.take_events(self.batch_size, settings.batch_wait):
             await self.handle(events)
 
+    def _parse(self, event: EventT) -> T:
+        """One message parsed; a parser's bug is reported as the message's failure, with its
+        traceback in the log, never raised out of the agent."""
+        try:
+            return self.parse(event)
+        except MalformedMessage:
+            raise
+        except Exception as exc:
+            log.exception("%s: parsing a message raised (a bug): treated as malformed", self.name)
+            raise MalformedMessage(f"{type(exc).__name__} while parsing: {str(exc)[:200]}") from None
+
+    async def _process(self, items: list[T]) -> Outcome:
+        """``process``, with no exception escaping: transient errors are retried inside it
+        (imgflow/retry.py), so what reaches here is permanent. A batch that raises is done
+        again one item at a time, so that only the item that causes it is dead-lettered
+        (writes are idempotent: what the batch wrote before it failed is written again the
+        same way) and the rest of the batch goes on."""
+        try:
+            return await self.process(items)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                log.warning("%s: an item failed: %s: %s", self.name, type(exc).__name__, str(exc)[:300])
+                return Outcome(failed=[(items[0], exc)])
+            log.warning(
+                "%s: a batch of %d failed (%s: %s); again one by one",
+                self.name,
+                len(items),
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+        outcome = Outcome()
+        thens: list[Callable[[], Awaitable[None]]] = []
+        for item in items:
+            one = await self._process([item])
+            outcome.outputs += one.outputs
+            outcome.failed += one.failed
+            if one.then is not None:
+                thens.append(one.then)
+        if thens:
+
+            async def then_all() -> None:
+                for then in thens:
+                    await then()
+
+            outcome.then = then_all
+        return outcome
+
+    async def _deliver(self, outcome: Outcome, failures: list[tuple[str, bytes]]) -> None:
+        if self.output is not None and outcome.outputs:
+            refused = await publish(self.output, [output[1:] for output in outcome.outputs])
+            failures = failures + [
+                failure_for(self.name, outcome.outputs[i][0], exc) for i, exc in refused.items()
+            ]
+        if failures:
+            if self.keep_malformed is not None:  # the failures stage: a dead letter of a dead letter
+                for key, _ in failures:
+                    log.error("%s: a dead letter could not be stored and is dropped: %s", self.name, key)
+                    METRICS.dropped.labels(self.name).inc()
+            else:
+                await publish_all(self.failures, failures)
+        if outcome.then is not None:
+            await outcome.then()
+
     async def handle(self, events: Sequence[EventT]) -> None:
         hold(events)
         items: list[T] = []
         failures: list[tuple[str, bytes]] = []
         for event in events:
             try:
-                items.append(self.parse(event))
+                items.append(self._parse(event))
             except MalformedMessage as exc:
                 if self.keep_malformed is not None:
                     items.append(self.keep_malformed(exc, event))
                 else:
                     failures.append(malformed(self.name, exc, event))
-        outcome = await self.process(items) if items else Outcome()
+        outcome = await self._process(items) if items else Outcome()
         failures += [failure_for(self.name, item, exc) for item, exc in outcome.failed]
-        if self.output is not None and outcome.outputs:
-            refused = await publish(self.output, [output[1:] for output in outcome.outputs])
-            failures += [failure_for(self.name, outcome.outputs[i][0], exc) for i, exc in refused.items()]
-        if failures:
-            await publish_all(self.failures, failures)
-        if outcome.then is not None:
-            await outcome.then()
+        # Delivery waits out a broker outage (outputs are keyed: a repeat is a redelivery),
+        # and the offsets are released only after it.
+        await retry(f"{self.name}: publish", partial(self._deliver, outcome, failures), transient=_always)
         release(events)
         METRICS.batch_size.labels(self.name).observe(len(events))
+
+
+def _always(exc: BaseException) -> bool:
+    """Delivery is retried whatever the error: giving up would lose the batch, and what is in
+    it was checked already. A bug here logs its traceback and shows in ``/health/``."""
+    if not is_transient(exc):
+        log.error(
+            "delivery failed with %s (not a broker outage?); retrying", type(exc).__name__, exc_info=exc
+        )
+    return True

@@ -16,7 +16,8 @@ from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.metrics import METRICS
 from imgflow.records import Prediction, Stored, dumps, parse
-from imgflow.storage import Store, retry_forever
+from imgflow.retry import retry
+from imgflow.storage import Store
 from imgflow.topics import failed_topic, predictions_topic, stored_topic
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def stored_events(preds: list[Prediction], stored_at: float) -> list[tuple[str, 
 async def store_predictions(store: Store, preds: list[Prediction]) -> Outcome:
     """One bulk upsert per collection, retried until MongoDB takes it; then the stored events."""
     await store.ready()
-    stored_at = await retry_forever("store predictions", partial(store.write_predictions, preds))
+    stored_at = await retry("store predictions", partial(store.write_predictions, preds))
     METRICS.stored.inc(len(preds))
     for p in preds:
         METRICS.end_to_end.observe(max(0.0, stored_at.timestamp() - p.submitted_at))

@@ -35,30 +35,31 @@ async def wait_for_broker(
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
+    from imgflow.retry import retry
+
     servers = ",".join(bootstrap_servers)
-    delay = first_delay
-    attempt = 1
-    while True:
+    attempts = 0
+
+    async def handshake() -> None:
+        nonlocal attempts
+        attempts += 1
         client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
         try:
             await client.bootstrap()
-        except KafkaError as exc:
-            log.warning(
-                "waiting for the Kafka broker at %s (attempt %d, next in %.1fs): %s",
-                servers,
-                attempt,
-                delay,
-                exc,
-            )
-        else:
-            if attempt > 1:
-                log.info("Kafka broker at %s is up after %d attempts", servers, attempt)
-            return attempt
         finally:
             await client.close()
-        await sleep(delay)
-        delay = min(delay * 2, max_delay)
-        attempt += 1
+
+    await retry(
+        f"waiting for the Kafka broker at {servers}",
+        handshake,
+        transient=lambda exc: isinstance(exc, KafkaError),
+        first_delay=first_delay,
+        max_delay=max_delay,
+        sleep=sleep,
+    )
+    if attempts > 1:
+        log.info("Kafka broker at %s is up after %d attempts", servers, attempts)
+    return attempts
 
 
 async def backlog(bootstrap_servers: str | list[str], group: str, topics: list[str], partitions: int) -> int:

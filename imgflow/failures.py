@@ -18,19 +18,64 @@ from imgflow.records import Failure, MalformedMessage, dumps, message_id
 log = logging.getLogger(__name__)
 
 
+#: Every failure kind imgflow itself records, and every stage. A failure record on the failed
+#: topic comes from anyone who may write to it: its kind and stage label the metric
+#: ``imgflow_images_failed_total`` only when they are one of these, else ``other`` (one
+#: message per new label would otherwise be one new series each).
+KINDS = frozenset(
+    {
+        "bad_tensor",
+        "corrupt_image",
+        "decode_timeout",
+        "decompression_bomb",
+        "empty_file",
+        "file_too_large",
+        "frame_gone",
+        "internal_error",
+        "malformed_message",
+        "message_too_large",
+        "missing_file",
+        "model_error",
+        "model_unavailable",
+        "not_a_file",
+        "not_an_image",
+        "outside_roots",
+        "over_memory_budget",
+        "tensor_gone",
+        "unknown_model",
+        "unreadable_file",
+        "unstorable",
+        "unsupported_format",
+    }
+)
+STAGES = frozenset({"decode", "classify", "store", "failures", "annotate", "ingest"})
+
+
+def metric_label(value: str, known: frozenset[str]) -> str:
+    """``value`` if it is one of ``known``, else ``other``: metric labels from a fixed set."""
+    return value if value in known else "other"
+
+
 def kind_and_message(exc: BaseException) -> tuple[str, str]:
     """(kind, message) for any exception a stage may meet."""
     if isinstance(exc, ImageRejected):
         return exc.kind, exc.message
     if isinstance(exc, MalformedMessage):
         return "malformed_message", str(exc)
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str):
+        return kind, str(exc)
+    from bson.errors import BSONError
+    from pymongo.errors import DocumentTooLarge, PyMongoError
+
     from models.spec import ModelError
 
     if isinstance(exc, ModelError):
         return "model_unavailable", str(exc)
-    kind = getattr(exc, "kind", None)
-    if isinstance(kind, str):
-        return kind, str(exc)
+    if isinstance(exc, DocumentTooLarge | BSONError | OverflowError):
+        return "unstorable", f"MongoDB cannot store this result: {type(exc).__name__}: {exc}"
+    if isinstance(exc, PyMongoError):
+        return "unstorable", f"MongoDB refused this result for good: {type(exc).__name__}: {exc}"
     return "internal_error", f"{type(exc).__name__}: {exc}"
 
 

@@ -32,11 +32,24 @@ from bson import Binary
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 
 from imgflow.imaging import ImageRejected
-from imgflow.records import MAX_IMAGE_ID_CHARS, ImagePath, MalformedMessage
+from imgflow.records import (
+    MAX_ATTRS_BYTES,
+    MAX_IMAGE_ID_CHARS,
+    ImagePath,
+    MalformedMessage,
+    _no_constants,
+    check_fields,
+    check_time,
+)
 
 COLLECTION = "frames"
 SCHEME = "frame://"
-INDEXES = [IndexModel([("source", ASCENDING), ("at", DESCENDING)], name="source_at")]
+INDEXES = [
+    IndexModel([("source", ASCENDING), ("at", DESCENDING)], name="source_at"),
+    IndexModel([("at", DESCENDING)], name="at"),
+]
+#: Sources pruned one by one per round (those written most); the total cap covers the rest.
+PRUNE_SOURCES = 100
 #: A source's old frames are dropped at most this often (seconds) by each worker.
 PRUNE_EVERY = 30.0
 
@@ -97,30 +110,46 @@ def parse_frame(
         raise MalformedMessage(f"image_id is {len(image_id):,} characters, over {MAX_IMAGE_ID_CHARS}")
     key_text = key.decode("utf-8", "replace").strip() if key else ""
     source = _text(headers, HEADER_SOURCE) or key_text or "camera"
+    now = time.time()
     submitted = _text(headers, HEADER_SUBMITTED_AT)
     try:
-        submitted_at = float(submitted) if submitted else time.time()
+        submitted_at = float(submitted) if submitted else now
     except ValueError:
-        raise MalformedMessage(f"header {HEADER_SUBMITTED_AT!r} is not a number: {submitted!r}") from None
+        raise MalformedMessage(
+            f"header {HEADER_SUBMITTED_AT!r} is not a number: {(submitted or '')[:80]!r}"
+        ) from None
+    # As for paths (imgflow/records.py): finite, not negative, a future time is taken as now.
+    submitted_at = min(check_time("submitted_at", submitted_at, now), now)
     attrs_text = _text(headers, HEADER_ATTRS)
     attrs: Any = {}
     if attrs_text:
+        if len(attrs_text) > MAX_ATTRS_BYTES:
+            raise MalformedMessage(f"header {HEADER_ATTRS!r} is over {MAX_ATTRS_BYTES:,} bytes")
         try:
-            attrs = json.loads(attrs_text)
-        except json.JSONDecodeError:
+            attrs = json.loads(attrs_text, parse_constant=_no_constants)
+        except (ValueError, RecursionError):
             raise MalformedMessage(f"header {HEADER_ATTRS!r} is not JSON") from None
         if not isinstance(attrs, dict):
             raise MalformedMessage(f"header {HEADER_ATTRS!r} must be a JSON object")
     name = _text(headers, HEADER_FILE_NAME)
     if name:
         attrs = {**attrs, "file_name": name}
+    fields = {
+        "image_id": image_id,
+        "source": source,
+        "model": _text(headers, HEADER_MODEL),
+        "replay_id": _text(headers, HEADER_REPLAY_ID),
+        "file_name": name,
+        "attrs": attrs,
+    }
+    check_fields({k: v for k, v in fields.items() if v is not None})
     record = ImagePath(
         image_id=image_id,
         path=frame_path(source, image_id),
         source=source,
         submitted_at=submitted_at,
-        model=_text(headers, HEADER_MODEL),
-        replay_id=_text(headers, HEADER_REPLAY_ID),
+        model=fields["model"],
+        replay_id=fields["replay_id"],
         attrs=attrs,
     )
     return Frame(record, value or b"")
@@ -157,9 +186,10 @@ class FrameStore:
     frame again (a redelivered message) changes nothing.
     """
 
-    def __init__(self, db: Any, keep: int) -> None:
+    def __init__(self, db: Any, keep: int, keep_total: int | None = None) -> None:
         self.collection = db[COLLECTION]
         self.keep = keep
+        self.keep_total = keep_total
         self._written: Counter[str] = Counter()
         self._pruned_at = 0.0
 
@@ -205,12 +235,21 @@ class FrameStore:
         return data
 
     def prune(self, sources: Iterable[str] | None = None) -> int:
-        """Drop all but the newest ``keep`` frames of each source this store wrote to
-        since its last prune (or of ``sources``); returns how many were dropped."""
+        """Drop all but the newest ``keep`` frames of each source this store wrote to most
+        since its last prune (or of ``sources``), and all but the newest ``keep_total`` in all
+        (a producer inventing a source per frame is bounded by that); how many were dropped."""
         self._pruned_at = time.time()
-        names = list(sources) if sources is not None else list(self._written)
+        names = (
+            list(sources) if sources is not None else [s for s, _ in self._written.most_common(PRUNE_SOURCES)]
+        )
         self._written.clear()
         dropped = 0
+        if self.keep_total is not None:
+            newest = list(
+                self.collection.find({}, {"at": 1}).sort("at", DESCENDING).skip(self.keep_total - 1).limit(1)
+            )
+            if newest:
+                dropped += self.collection.delete_many({"at": {"$lt": newest[0]["at"]}}).deleted_count
         for source in names:
             newest = list(
                 self.collection.find({"source": source}, {"at": 1})

@@ -31,6 +31,12 @@ class Metrics:
         self.failed = Counter(
             "imgflow_images_failed", "Images that could not go on.", ["stage", "kind"], registry=r
         )
+        self.dropped = Counter(
+            "imgflow_dead_letters_dropped",
+            "Dead letters the failures stage could not store (logged with their image id).",
+            ["stage"],
+            registry=r,
+        )
         self.promotions = Counter(
             "imgflow_promotions",
             "Model promotions received, by outcome (applied, refused).",

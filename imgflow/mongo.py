@@ -7,7 +7,7 @@
   acknowledged upserts).
 - Bounded waits: a missing server fails a call within seconds with a clear
   error instead of hanging a page or a command; the worker's sinks retry with
-  backoff around it (``imgflow.storage.retry_forever``).
+  backoff around it (``imgflow.retry.retry``).
 
 Creating a client opens no connection (pymongo connects in the background on
 first use), so building one is cheap; closing it is the owner's job.

@@ -29,10 +29,16 @@ def is_uri(path: str | None) -> bool:
     return bool(path) and str(path).startswith(SCHEMES)
 
 
+#: Characters fsspec reads as more than a key: ``::`` chains file systems (each new chain a
+#: new cached file system, ``::memory:`` one of them), ``?`` and ``#`` options and fragments.
+REFUSED = ("::", "?", "#")
+
+
 def normalized(uri: str) -> str | None:
-    """``scheme://bucket/key`` with no empty, ``.`` or ``..`` segment, or None."""
+    """``scheme://bucket/key`` with no empty, ``.`` or ``..`` segment and none of
+    :data:`REFUSED`, or None."""
     scheme, sep, rest = uri.partition("://")
-    if not sep or not rest:
+    if not sep or not rest or any(mark in uri for mark in REFUSED):
         return None
     parts = rest.split("/")
     if any(p in ("", ".", "..") for p in parts) or "\x00" in rest:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -33,9 +34,9 @@ from typing import Any
 from mode import Service
 
 from imgflow.metrics import METRICS
+from imgflow.records import MalformedMessage, json_object
 from imgflow.settings import Settings
-from models.registry import ModelCache
-from models.spec import load_spec
+from models.registry import ModelCache, ModelRegistry, registry_for
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,14 @@ KEY = b"default-model"
 HISTORY = 20
 
 
+#: Longest model reference (a spec path or name) and free text a control record may hold.
+MAX_REF_CHARS = 1024
+MAX_TEXT_CHARS = 256
+
+
 @dataclass(frozen=True)
 class Promotion:
-    spec: str  # absolute spec path; "" = the configured default
+    spec: str  # a registered model: its spec path (as promote writes it) or name; "" = the configured default
     model: str  # name:version, for people and the dashboard
     promoted_at: float
     by: str
@@ -56,14 +62,48 @@ class Promotion:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
-    def decode(cls, value: bytes) -> Promotion:
-        data = json.loads(value)
+    def decode(cls, value: bytes | None) -> Promotion:
+        """A control record, strictly: anything else is :class:`MalformedMessage` (the
+        control topic is an input like any other; one bad record must not stop a worker)."""
+        data = json_object(value)
+        unknown = sorted(set(data) - {"spec", "model", "promoted_at", "by", "history"})
+        if unknown:
+            raise MalformedMessage(f"unknown field(s) in a control record: {', '.join(unknown)[:200]}")
+        spec, model, by = data.get("spec"), data.get("model"), data.get("by", "")
+        for name, text, limit in (
+            ("spec", spec, MAX_REF_CHARS),
+            ("model", model, MAX_TEXT_CHARS),
+            ("by", by, MAX_TEXT_CHARS),
+        ):
+            if not isinstance(text, str) or len(text) > limit or "\x00" in text:
+                raise MalformedMessage(
+                    f"control record field {name!r} must be text of at most {limit} characters"
+                )
+        if not model:
+            raise MalformedMessage("control record field 'model' must not be empty")
+        promoted_at = data.get("promoted_at")
+        if (
+            isinstance(promoted_at, bool)
+            or not isinstance(promoted_at, int | float)
+            or not math.isfinite(promoted_at)
+            or promoted_at < 0
+        ):
+            raise MalformedMessage("control record field 'promoted_at' must be a finite, non-negative time")
+        history = data.get("history", [])
+        if (
+            not isinstance(history, list)
+            or len(history) > HISTORY
+            or not all(isinstance(h, str) and len(h) <= MAX_REF_CHARS and "\x00" not in h for h in history)
+        ):
+            raise MalformedMessage(
+                f"control record field 'history' must be a list of at most {HISTORY} model references"
+            )
         return cls(
-            spec=str(data["spec"]),
-            model=str(data["model"]),
-            promoted_at=float(data["promoted_at"]),
-            by=str(data.get("by", "")),
-            history=[str(s) for s in data.get("history", [])],
+            spec=str(spec),
+            model=str(model),
+            promoted_at=float(promoted_at),
+            by=str(by),
+            history=list(history),
         )
 
 
@@ -86,7 +126,8 @@ def rollback_of(current: Promotion | None, settings: Settings, by: str) -> Promo
     if current is None or (not current.spec and not current.history):
         raise ValueError("nothing to roll back: no model was promoted")
     previous = current.history[-1] if current.history else ""
-    model = load_spec(previous or settings.model_spec_path).key
+    registry = registry_for(settings.model_dir_paths, settings.model_spec_path)
+    model = registry.resolve(previous or settings.model_spec_path).key
     return Promotion(previous, model, time.time(), by, current.history[:-1])
 
 
@@ -122,7 +163,10 @@ async def read_current(settings: Settings) -> Promotion | None:
         while await consumer.position(tp) < end:
             for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                 if msg.key == KEY and msg.value:
-                    latest = Promotion.decode(msg.value)
+                    try:
+                        latest = Promotion.decode(msg.value)
+                    except MalformedMessage as exc:
+                        log.warning("control record at offset %d refused: %s", msg.offset, exc)
         return latest
     finally:
         await consumer.stop()
@@ -143,10 +187,13 @@ async def publish(settings: Settings, promotion: Promotion) -> None:
 class ActiveModel(Service):
     """This worker's default model, following the control topic (module docstring)."""
 
-    def __init__(self, settings: Settings, models: ModelCache, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, models: ModelCache, registry: ModelRegistry | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.models = models
+        self.registry = registry or registry_for(settings.model_dir_paths, settings.model_spec_path)
         self.spec_path: Path = settings.model_spec_path
         self.promotion: Promotion | None = None  # the one applied
         self.refused: Promotion | None = None  # the latest that did not load
@@ -187,9 +234,20 @@ class ActiveModel(Service):
                     latest = None
                     for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                         if msg.key == KEY and msg.value:
-                            latest = msg.value
+                            try:
+                                latest = Promotion.decode(msg.value)
+                            except MalformedMessage as exc:
+                                # Refused and counted; the worker keeps the model it has.
+                                METRICS.promotions.labels("refused").inc()
+                                log.error(
+                                    "control record at %s offset %d refused, keeping %s: %s",
+                                    tp.topic,
+                                    msg.offset,
+                                    self.spec_path,
+                                    exc,
+                                )
                     if latest is not None:
-                        await self._switch(Promotion.decode(latest))
+                        await self._switch(latest)
                     if not self.caught_up and await consumer.position(tp) >= end:
                         self._caught_up.set()
                         log.info("default model: %s", self.spec_path)
@@ -198,15 +256,20 @@ class ActiveModel(Service):
             except (KafkaError, OSError) as exc:
                 log.warning("following %s failed (%s); again in 2 s", tp.topic, exc)
                 await asyncio.sleep(2)
+            except Exception:  # a bug: logged with its traceback, and the service goes on
+                log.exception("following %s failed; again in 2 s", tp.topic)
+                await asyncio.sleep(2)
             finally:
                 await consumer.stop()
 
     async def _switch(self, promotion: Promotion) -> None:
-        path = Path(promotion.spec) if promotion.spec else self.settings.model_spec_path
+        path = promotion.spec or str(self.settings.model_spec_path)
         if promotion in (self.promotion, self.refused):
             return
         try:
-            spec = load_spec(path)  # read again: the file may be new since a cached read
+            # Registered models only, looked for again (a model trained since), off the loop.
+            await asyncio.to_thread(self.registry.scan)
+            spec = await self.registry.aresolve(path)
             await self.models.get(spec)
         except Exception as exc:
             METRICS.promotions.labels("refused").inc()

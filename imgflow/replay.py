@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from imgflow.queries import id_ranges
@@ -165,7 +164,7 @@ def _item_from(
             path=failure.path,
             source=failure.source or "replay",
             submitted_at=failure.submitted_at or time.time(),
-            model=failure.model,
+            model=None,  # the current default, unless the replay names one (see retry_failed)
         )
     return parse_image_path(value, key, fallback)
 
@@ -285,10 +284,12 @@ async def replay(
     if topic_kind not in ("paths", "frames", "failed"):
         raise ValueError("replay reads the paths topic, the frames topic or the failed topic (dead letters)")
     if model is not None:
-        from models.spec import load_spec
+        from models.registry import registry_for
 
-        model = str(Path(model).resolve())
-        load_spec(model)  # fail here, not on every worker
+        # A registered model only (the workers refuse any other): fail here, not on every worker.
+        registry = registry_for(settings.model_dir_paths, settings.model_spec_path)
+        registry.scan()
+        model = str(registry.resolve(model).spec_path)
     replay_id = replay_id or f"replay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     topic = settings.topic(topic_kind)
     report = ReplayReport(replay_id=replay_id, topic=topic)
@@ -365,8 +366,12 @@ async def retry_failed(
     settings: Settings | None = None,
     user: str | None = None,
     progress: Callable[[int], object] | None = None,
+    model: str | None = None,
 ) -> int:
     """Re-send failed images (all, or the given ids) from MongoDB ``failures``.
+
+    With the current default model unless ``model`` (a registered one) is given: the model a
+    failure names is whatever its message said, and a retry must not repeat it.
 
     Used after fixing the cause (a permission, a missing file). A retried image
     that succeeds leaves the failures list (the store stage removes it); one
@@ -393,7 +398,7 @@ async def retry_failed(
                     path=doc["path"],
                     source=doc.get("source") or "retry",
                     submitted_at=time.time(),
-                    model=doc.get("model"),
+                    model=model,
                     replay_id=replay_id,
                     attrs={"retry_of": {"kind": doc.get("kind"), "stage": doc.get("stage"), "by": user}},
                 )

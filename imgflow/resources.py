@@ -18,6 +18,7 @@ Importing this module opens nothing; :class:`Resources` does its I/O in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,7 +34,7 @@ from imgflow.settings import Settings
 from imgflow.storage import Store
 from imgflow.tensors import TensorStore
 from imgflow.web.auth import auth_headers
-from models.registry import ModelCache, spec_for
+from models.registry import ModelCache, registry_for
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ class Resources(Service):
         self.settings = settings
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="imgflow-model")
         self.models = ModelCache(self.model_thread, max_models=3, threads=settings.model_threads or None)
+        #: The models a message may name (models/registry.py), read in a thread on start.
+        self.registry = registry_for(settings.model_dir_paths, settings.model_spec_path)
         #: The default model for new images, following promotions (imgflow/promotion.py).
-        self.active = ActiveModel(settings, self.models, loop=self.loop, beacon=self.beacon)
+        self.active = ActiveModel(settings, self.models, self.registry, loop=self.loop, beacon=self.beacon)
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
         self._store: Store | None = None
         self._tensors: TensorStore | None = None
@@ -77,7 +80,9 @@ class Resources(Service):
     def frames(self) -> FrameStore:
         """Frames kept for previews and replays (imgflow/frames.py): every worker can read them."""
         if self._frames is None:
-            self._frames = FrameStore(self.store.sync_db, self.settings.frames_keep)
+            self._frames = FrameStore(
+                self.store.sync_db, self.settings.frames_keep, self.settings.frames_keep_total
+            )
         return self._frames
 
     @property
@@ -94,6 +99,7 @@ class Resources(Service):
         return self._http
 
     async def on_start(self) -> None:
+        await asyncio.to_thread(self.registry.scan)
         self._store = Store(self.settings.mongo_url, self.settings.mongo_db)
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=FANOUT_TIMEOUT), headers=auth_headers(self.settings)
@@ -107,7 +113,7 @@ class Resources(Service):
         # The default is the promoted model if there is one: known once the control topic is read.
         default = await self.active.default()
         try:
-            await self.models.get(spec_for(default))
+            await self.models.get(await self.registry.aresolve(default))
         except Exception:
             # The classify stage turns every image into model_unavailable; /health/ stays "starting".
             log.exception("the default model %s did not load", default)

@@ -71,6 +71,22 @@ class Settings(BaseSettings):
     store_batch_size: int = Field(64, ge=1, validation_alias=_env("IMGFLOW_STORE_BATCH_SIZE"))
     max_file_bytes: int = Field(50 * 2**20, ge=1, validation_alias=_env("IMGFLOW_MAX_FILE_BYTES"))
     max_pixels: int = Field(64_000_000, ge=1, validation_alias=_env("IMGFLOW_MAX_PIXELS"))
+    #: Memory the decode threads of one worker may hold at once (imgflow/imaging.py,
+    #: ``MemoryBudget``): an image whose decode would need more is refused, and large ones
+    #: wait for each other instead of decoding side by side.
+    decode_memory_mb: int = Field(768, ge=16, validation_alias=_env("IMGFLOW_DECODE_MEMORY_MB"))
+    #: Pillow formats the decode stage opens (names as Pillow spells them); every other is
+    #: ``not_an_image``. Each format is decoder code that a hostile file can reach.
+    image_formats: str = Field(
+        "JPEG,PNG,WEBP,GIF,BMP,TIFF", min_length=1, validation_alias=_env("IMGFLOW_IMAGE_FORMATS")
+    )
+    #: How far in the future a message's ``submitted_at`` may be (clock skew between hosts):
+    #: later ones are malformed. Old values are accepted (backlogs, replays of failures).
+    max_clock_skew: float = Field(300.0, ge=0, validation_alias=_env("IMGFLOW_MAX_CLOCK_SKEW"))
+    #: Folders of registered models (comma-separated): the only specs a message, a replay or a
+    #: promotion may name (by name, name:version, or a spec path inside them). The folder of
+    #: ``IMGFLOW_MODEL``, ``IMGFLOW_HOME/models`` and the built-in specs are always included.
+    model_dirs: str = Field("", validation_alias=_env("IMGFLOW_MODEL_DIRS"))
     #: Where decoded pixels travel (imgflow/tensors.py): ``kafka`` in the tensor message;
     #: ``mongo`` beside it in MongoDB ``tensors`` (the embedded broker keeps every record in
     #: memory: ``make demo`` uses mongo). ``tensor_ttl``: how long unclaimed pixels are kept.
@@ -80,6 +96,9 @@ class Settings(BaseSettings):
     annotate: bool = Field(False, validation_alias=_env("IMGFLOW_ANNOTATE"))
     #: Frames (imgflow/frames.py) kept in MongoDB per source, for previews and replays.
     frames_keep: int = Field(1000, ge=1, validation_alias=_env("IMGFLOW_FRAMES_KEEP"))
+    #: ... and at most this many in all, whatever the number of sources (a producer inventing
+    #: a new source per frame must not grow MongoDB without bound).
+    frames_keep_total: int = Field(20_000, ge=1, validation_alias=_env("IMGFLOW_FRAMES_KEEP_TOTAL"))
     #: ``make demo`` warns (output and dashboard) when the embedded broker's memory passes this
     #: many MB; 0: a quarter of this machine's memory.
     broker_memory_warn_mb: float = Field(0.0, ge=0, validation_alias=_env("IMGFLOW_BROKER_MEMORY_WARN_MB"))
@@ -135,6 +154,25 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(25, ge=0, le=30_000, validation_alias=_env("IMGFLOW_FETCH_MAX_WAIT_MS"))
     commit_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_COMMIT_INTERVAL"))
     stall_seconds: float = Field(30.0, gt=0, validation_alias=_env("IMGFLOW_STALL_SECONDS"))
+    #: ``/health/`` answers 503 "degraded" once a write has been retried this long (MongoDB
+    #: down): the worker keeps retrying, nothing is lost, but nothing moves either.
+    degraded_after: float = Field(30.0, gt=0, validation_alias=_env("IMGFLOW_DEGRADED_AFTER"))
+
+    @field_validator("image_formats")
+    @classmethod
+    def _known_formats(cls, value: str) -> str:
+        """Names as Pillow's openers know them (JPEG also opens MPO, a phone's multi-picture JPEG)."""
+        from PIL import Image
+
+        Image.init()
+        names = [f.strip().upper() for f in value.split(",") if f.strip()]
+        unknown = [n for n in names if n not in Image.OPEN]
+        if unknown or not names:
+            raise ValueError(
+                f"IMGFLOW_IMAGE_FORMATS: unknown format(s) {', '.join(unknown) or '(none given)'}; "
+                f"Pillow here opens {', '.join(sorted(Image.OPEN))}"
+            )
+        return value
 
     @field_validator("table_store")
     @classmethod
@@ -205,6 +243,23 @@ class Settings(BaseSettings):
         if self.data_dir is not None:
             return str(self.data_dir)
         return str(self.home / "faust" / "worker-{conf.web_port}")
+
+    @property
+    def image_format_list(self) -> tuple[str, ...]:
+        return tuple(f.strip().upper() for f in self.image_formats.split(",") if f.strip())
+
+    @property
+    def model_dir_paths(self) -> list[Path]:
+        """Where registered model specs live (see ``model_dirs``): configured folders, the
+        default model's folder, the home's ``models`` (one folder per model, as ``train``
+        and ``build-model`` write them) and the built-in specs shipped with the package."""
+        configured = [Path(p.strip()) for p in self.model_dirs.split(",") if p.strip()]
+        builtin = Path(__file__).resolve().parent.parent / "models" / "specs"
+        found: list[Path] = []
+        for folder in [*configured, self.model_spec_path.parent, self.home / "models", builtin]:
+            if folder not in found:
+                found.append(folder)
+        return found
 
     @property
     def upload_path(self) -> Path:

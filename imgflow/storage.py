@@ -19,23 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
-from pymongo.errors import PyMongoError
 
 from imgflow import frames, people, rates, tensors
 from imgflow.mongo import connect, connect_async
 from imgflow.records import Failure, Prediction
+from imgflow.retry import retry
 from imgflow.tally import FAILURES, IMAGES, Tally, predictions_key, sweep
 from imgflow.tally import INDEXES as TALLY_INDEXES
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def when(ts: float | None) -> datetime | None:
@@ -442,8 +440,8 @@ class Store:
         if not self._indexed:
             async with self._indexing:
                 if not self._indexed:
-                    await retry_forever("create indexes", self.ensure_indexes)
-                    await retry_forever("settle counters", partial(asyncio.to_thread, sweep, self.sync_db))
+                    await retry("create indexes", self.ensure_indexes)
+                    await retry("settle counters", partial(asyncio.to_thread, sweep, self.sync_db))
                     self._indexed = True
 
     async def write_predictions(self, preds: list[Prediction]) -> datetime:
@@ -457,28 +455,3 @@ class Store:
     async def close(self) -> None:
         await self.client.close()
         await asyncio.to_thread(self.writer.close)
-
-
-async def retry_forever(
-    what: str,
-    call: Callable[[], Awaitable[T]],
-    *,
-    first_delay: float = 0.2,
-    max_delay: float = 5.0,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> T:
-    """Retry a MongoDB write with exponential backoff until it succeeds.
-
-    The caller's offsets do not move meanwhile, so an outage delays results
-    but never loses them.
-    """
-    delay = first_delay
-    attempt = 1
-    while True:
-        try:
-            return await call()
-        except PyMongoError as exc:
-            log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, exc)
-            await sleep(delay)
-            delay = min(delay * 2, max_delay)
-            attempt += 1

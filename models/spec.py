@@ -163,29 +163,43 @@ _FILE_KEYS = (set(ModelSpec.model_fields) - {"spec_path"}) | {
 _REQUIRED_KEYS = ("name", "version", "format", "artefact", "input_size", "preprocessing", "output")
 
 
+#: A spec is a few hundred bytes; a labels file, one name per class.
+MAX_SPEC_BYTES = 64 * 1024
+MAX_LABELS_BYTES = 4 * 2**20
+SPEC_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
+def _read_text(path: Path, limit: int, what: str) -> str:
+    """A spec's file as text: a regular file, not a link, at most ``limit`` bytes (a path
+    such as ``/dev/zero`` or a FIFO is refused before anything is read)."""
+    from imgflow.safeio import ReadRefused, read_regular
+
+    try:
+        return read_regular(path, limit, allow_empty=True).decode("utf-8")
+    except ReadRefused as exc:
+        if exc.kind == "missing_file":
+            raise ModelSpecError(f"{what} {path} does not exist") from None
+        raise ModelSpecError(f"{what} {path} cannot be read: {exc.message}") from None
+    except UnicodeDecodeError as exc:
+        raise ModelSpecError(f"{what} {path} is not UTF-8 text: {exc}") from None
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelSpecError(f"model spec {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelSpecError(f"model spec {path} cannot be read: {exc}") from exc
+    if suffix not in SPEC_SUFFIXES:  # before the file is touched
+        raise ModelSpecError(
+            f"model spec {path} must end in .toml, .yaml or .yml, not {suffix or '(none)'!r}"
+        )
+    text = _read_text(path, MAX_SPEC_BYTES, "model spec")
     try:
         if suffix == ".toml":
             data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
+        else:
             import yaml  # only YAML specs need it
 
             data = yaml.safe_load(text)
-        else:
-            raise ModelSpecError(
-                f"model spec {path} must end in .toml, .yaml or .yml, not {suffix or '(none)'!r}"
-            )
     except tomllib.TOMLDecodeError as exc:
         raise ModelSpecError(f"model spec {path} is not valid TOML: {exc}") from exc
-    except ModelSpecError:
-        raise
     except Exception as exc:  # yaml.YAMLError, imported lazily
         raise ModelSpecError(f"model spec {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -193,13 +207,17 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
+def _inside(folder: Path, name: str, what: str, spec: Path) -> Path:
+    """``folder / name``, refused unless it really lies inside ``folder`` (links followed):
+    a spec names files beside it, never ``/etc`` or another user's model."""
+    target = (folder / Path(name)).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise ModelSpecError(f"model spec {spec}: {what} {name!r} is outside the spec's folder {folder}")
+    return target
+
+
 def _read_labels_file(path: Path, spec: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ModelSpecError(f"labels file {path} (named in {spec}) does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelSpecError(f"labels file {path} (named in {spec}) cannot be read: {exc}") from exc
+    lines = _read_text(path, MAX_LABELS_BYTES, f"labels file (named in {spec})").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     for number, line in enumerate(lines, start=1):
@@ -239,7 +257,7 @@ def _resolve_labels(raw: dict[str, Any], folder: Path, spec: Path) -> list[str]:
         labels_file = raw.pop("labels_file")
         if not isinstance(labels_file, str) or not labels_file:
             raise ModelSpecError(f"model spec {spec}: labels_file must be a path")
-        return _read_labels_file(folder / labels_file, spec)
+        return _read_labels_file(_inside(folder, labels_file, "labels_file", spec), spec)
     if has_inline:
         labels = raw.pop("labels")
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
@@ -258,7 +276,12 @@ def _describe(exc: ValidationError) -> str:
 
 def load_spec(path: str | Path) -> ModelSpec:
     """Read and validate a model spec; paths inside it are relative to its folder."""
-    spec_path = Path(path).expanduser().resolve()
+    spec_path = Path(path).expanduser()
+    if spec_path.suffix.lower() not in SPEC_SUFFIXES:  # before anything touches the file system
+        raise ModelSpecError(
+            f"model spec {spec_path} must end in .toml, .yaml or .yml, not {spec_path.suffix or '(none)'!r}"
+        )
+    spec_path = spec_path.resolve()
     raw = _read_mapping(spec_path)
     unknown = sorted(set(raw) - _FILE_KEYS)
     if unknown:
@@ -276,7 +299,7 @@ def load_spec(path: str | Path) -> ModelSpec:
     artefact = raw["artefact"]
     if not isinstance(artefact, str) or not artefact:
         raise ModelSpecError(f"model spec {spec_path}: artefact must be a path")
-    raw["artefact"] = folder / Path(artefact).expanduser()
+    raw["artefact"] = _inside(folder, artefact, "artefact", spec_path)
     raw["spec_path"] = spec_path
     try:
         return ModelSpec.model_validate(raw)

@@ -75,7 +75,9 @@ class Pipeline:
             "IMGFLOW_MODEL": str(self.services.model_spec),
             "IMGFLOW_PARTITIONS": "4",
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            # Tests write images and their own model specs in the session's temporary folder.
             **({"IMGFLOW_IMAGE_ROOTS": str(self.image_roots)} if self.image_roots else {}),
+            **({"IMGFLOW_MODEL_DIRS": str(self.image_roots)} if self.image_roots else {}),
             **self.extra_env,
             **extra,
         }

@@ -26,6 +26,7 @@ from imgflow.frames import (
 from imgflow.imaging import ImageRejected, Limits
 from imgflow.records import Failure, ImagePath, MalformedMessage, parse, parse_tensor
 from imgflow.sources.camera import Pacer, folder_frames, video_frames, write_video
+from models.registry import ModelRegistry
 from tests.images import photo
 from tests.test_stages import channel, drain, run_in_agent, tiny_spec
 
@@ -138,7 +139,13 @@ async def test_decode_takes_frames_keeps_the_good_ones_and_fails_the_bad(scratch
     pool = ThreadPoolExecutor(2)
     agent = run_in_agent(
         lambda: decode.stage(
-            pool, output=out, failures=bad, roots=[], frames=store, parse=decode.parse_frame_event
+            pool,
+            output=out,
+            failures=bad,
+            roots=[],
+            frames=store,
+            parse=decode.parse_frame_event,
+            registry=ModelRegistry([tmp_path]),
         )
     )
     good = jpeg(size=(320, 240))
@@ -164,14 +171,16 @@ def test_a_frame_path_is_decoded_again_from_the_store(scratch_db, tmp_path: Path
     store = FrameStore(scratch_db, keep=100)
     store.put([frame("orig", "cam", jpeg(size=(200, 100)))])
     replayed = ImagePath(image_id="again", path=frame_path("cam", "orig"), source="cam", model=str(spec))
-    decoded = decode.decode_one(replayed, Limits(), [], spec, frames=store)
+    decoded = decode.decode_one(
+        replayed, Limits(), [], spec, frames=store, registry=ModelRegistry([tmp_path])
+    )
     assert decoded.record.image_id == "again" and (decoded.record.meta.width, decoded.record.meta.height) == (
         200,
         100,
     )
     gone = ImagePath(image_id="g", path=frame_path("cam", "dropped"), source="cam", model=str(spec))
     with pytest.raises(ImageRejected) as exc:
-        decode.decode_one(gone, Limits(), [], spec, frames=store)
+        decode.decode_one(gone, Limits(), [], spec, frames=store, registry=ModelRegistry([tmp_path]))
     assert exc.value.kind == "frame_gone"
 
 

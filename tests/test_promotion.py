@@ -30,7 +30,7 @@ def test_rollback_goes_back_one_step_then_to_the_configured_default(tmp_path: Pa
     default = redblue_spec(tmp_path / "default", name="default", version="1", labels=("a", "b"))
     other = redblue_spec(tmp_path / "other", name="other", version="2", labels=("a", "b"))
     newer = redblue_spec(tmp_path / "newer", name="newer", version="3", labels=("a", "b"))
-    settings = Settings(IMGFLOW_MODEL=str(default))  # type: ignore[call-arg]
+    settings = Settings(IMGFLOW_MODEL=str(default), IMGFLOW_MODEL_DIRS=str(tmp_path))  # type: ignore[call-arg]
 
     two = next_promotion(next_promotion(None, other, "other:2", "ana"), newer, "newer:3", "ana")
     back = rollback_of(two, settings, "bo")

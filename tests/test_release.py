@@ -140,11 +140,11 @@ def test_the_core_runs_without_the_extras(tmp_path: Path) -> None:
         import dashboard.board, dashboard.camera, dashboard.serve  # noqa: F401
         from imgflow.embedded import MissingExtra, tansu_binary
         from models.face_model import warm_up_image
-        from models.registry import spec_for
+        from models.spec import load_spec
         from models.report import NO_PLOTS, render_html
         from simulator.dataset import write_dataset
 
-        spec = spec_for(sys.argv[1])
+        spec = load_spec(sys.argv[1])
         frame = warm_up_image(spec)
         assert frame.shape == (*spec.input_size, 3) and frame.std() > 10, frame.shape
 

@@ -31,6 +31,7 @@ from imgflow.records import (
     parse_tensor,
     tensor_message,
 )
+from models.registry import ModelRegistry
 from tests.images import photo
 
 # Never started: in-memory channels only.
@@ -84,7 +85,11 @@ async def test_decode_emits_a_tensor_per_good_image_and_a_failure_per_bad_one(tm
     out, tensors = channel()
     bad, failed = channel()
     pool = ThreadPoolExecutor(2)
-    agent = run_in_agent(lambda: decode.stage(pool, output=out, failures=bad, roots=[roots]))
+    agent = run_in_agent(
+        lambda: decode.stage(
+            pool, output=out, failures=bad, roots=[roots], registry=ModelRegistry([tmp_path])
+        )
+    )
     async with agent.test_context() as a:
         for name in ("good.jpg", "empty.jpg", "missing.jpg"):
             body = {"image_id": name, "path": str(roots / name), "model": str(spec)}
@@ -131,7 +136,9 @@ async def test_classify_predicts_per_model_and_fails_a_wrong_shape(tmp_path: Pat
     out, predictions = channel()
     bad, failed = channel()
     models = ModelCache(ThreadPoolExecutor(1), max_models=1)
-    agent = run_in_agent(lambda: classify.stage(models, output=out, failures=bad))
+    agent = run_in_agent(
+        lambda: classify.stage(models, output=out, failures=bad, registry=ModelRegistry([tmp_path]))
+    )
     async with agent.test_context() as a:
         for image_id, array in (("red", red), ("odd", np.zeros((4, 4, 3), dtype=np.uint8))):
             value, headers = tensor(image_id, array)
@@ -175,7 +182,9 @@ async def test_pixels_beside_the_message_are_classified_once_and_an_expired_one_
     bad, failed = channel()
     pool = ThreadPoolExecutor(2)
     decoder = run_in_agent(
-        lambda: decode.stage(pool, output=out, failures=bad, roots=[roots], tensors=pixels)
+        lambda: decode.stage(
+            pool, output=out, failures=bad, roots=[roots], tensors=pixels, registry=ModelRegistry([tmp_path])
+        )
     )
     async with decoder.test_context() as a:
         for name in ("red.png", "blue.png"):
@@ -191,7 +200,11 @@ async def test_pixels_beside_the_message_are_classified_once_and_an_expired_one_
     out, predictions = channel()
     bad, failed = channel()
     models = ModelCache(ThreadPoolExecutor(1), max_models=1)
-    classifier = run_in_agent(lambda: classify.stage(models, output=out, failures=bad, tensors=pixels))
+    classifier = run_in_agent(
+        lambda: classify.stage(
+            models, output=out, failures=bad, tensors=pixels, registry=ModelRegistry([tmp_path])
+        )
+    )
     async with classifier.test_context() as a:
         for m in messages:
             await a.put(m.value, key=m.key, headers=list(m.headers.items()), wait=False)

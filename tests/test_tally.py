@@ -155,7 +155,7 @@ def test_a_batch_retried_after_a_failed_write_counts_what_the_failed_attempt_did
     ops = storage.prediction_ops([pred("a"), pred("b")], datetime.now(UTC), token)
     db.images.bulk_write(ops["images"], ordered=False)
     db.predictions.bulk_write(ops["predictions"], ordered=False)
-    write(db, sink, [pred(x) for x in "abcd"])  # the retry (retry_forever) under a new token
+    write(db, sink, [pred(x) for x in "abcd"])  # the retry (imgflow.retry.retry) under a new token
     assert totals(db) == exact(db) and totals(db)["images"] == 4
 
 

@@ -65,7 +65,7 @@ async def faces(self, action: str, args: tuple[str, ...], model: str | None) -> 
 
 def _enroll(self, db, name: str, images: list[Path], model: str | None) -> None:
     from imgflow import people
-    from imgflow.imaging import ImageRejected, Limits, decode_image
+    from imgflow.imaging import ImageRejected, decode_image, decode_limits
     from models.face_model import load_face_model
     from models.spec import load_spec
 
@@ -73,7 +73,7 @@ def _enroll(self, db, name: str, images: list[Path], model: str | None) -> None:
     if spec.output != "faces":
         raise SystemExit(f"faces: {spec.spec_path} is not a face model (output = {spec.output!r})")
     face_model = load_face_model(spec)
-    limits = Limits(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels)
+    limits = decode_limits(settings)
     found = []
     for path in images:
         try:

@@ -256,7 +256,8 @@ async def dataset(self, kind: str, out: str) -> None:
 async def promote(self, spec: str | None, rollback: bool, show: bool, wait: float) -> None:
     """Make a model version the default for new images on every worker, without a restart."""
     from imgflow import promotion as pr
-    from models.spec import ModelError, load_spec
+    from models.registry import registry_for
+    from models.spec import ModelError
 
     current = await pr.read_current(settings)
     if show:
@@ -272,7 +273,10 @@ async def promote(self, spec: str | None, rollback: bool, show: bool, wait: floa
         if rollback:
             record = pr.rollback_of(current, settings, pr.who())
         else:
-            chosen = load_spec(spec or "")
+            # Only a registered model (models/registry.py): workers refuse any other.
+            registry = registry_for(settings.model_dir_paths, settings.model_spec_path)
+            registry.scan()
+            chosen = registry.resolve(spec or "")
             if not chosen.artefact.exists():
                 raise ModelError(f"{chosen.key}: artefact {chosen.artefact} is missing")
             record = pr.next_promotion(current, chosen.spec_path, chosen.key, pr.who())

@@ -187,12 +187,8 @@ async def current_lags() -> list:
 
 
 def _model_key(spec_path: Any) -> str | None:
-    from models.registry import spec_for
-
-    try:
-        return spec_for(spec_path).key
-    except Exception:  # a spec that does not read: the models list and the log say why
-        return None
+    spec = app.resources.registry.lookup(str(spec_path))  # from memory: never blocks the loop
+    return spec.key if spec is not None else None
 
 
 @app.page("/health/")

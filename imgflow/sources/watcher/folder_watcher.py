@@ -8,10 +8,13 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from imgflow.records import ImagePath, new_image_id
+from imgflow.retry import retry
+from imgflow.safeio import ReadRefused, read_regular
 from imgflow.sources.files import IMAGE_SUFFIXES
 from imgflow.sources.publish import path_message, publish_paths
 from imgflow.sources.results import ResultWatch
@@ -261,7 +264,9 @@ class FolderWatcher:
         for start in range(0, len(ready), PUBLISH_CHUNK):
             chunk = ready[start : start + PUBLISH_CHUNK]
             if self.bucket is not None:
-                await self._upload_with_retry(chunk)
+                chunk = await self._upload_with_retry(chunk)
+                if not chunk:
+                    continue
             messages = [self.message(e) for e in chunk]
             if self.mover is not None:
                 self.mover.expect(chunk)
@@ -274,46 +279,42 @@ class FolderWatcher:
                 log.info("sent %s as %s", e.sent_path, e.image_id)
 
     async def _publish_with_retry(self, messages: list[ImagePath]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self.publish(messages)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker away: the rows stay pending, retry with backoff
-                log.warning("publishing %d images failed, retrying in %.1fs: %s", len(messages), delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        # Broker away: the rows stay pending meanwhile (imgflow/retry.py, retried whatever the error).
+        await retry(f"publishing {len(messages)} images", partial(self.publish, messages), transient=_always)
 
     def object_uri(self, entry: Entry) -> str:
         """Where a file goes in the bucket: named by its image id, so a resend writes the same object."""
         return f"{self.bucket}/{entry.image_id}{Path(entry.path).suffix.lower()}"
 
-    async def _upload_with_retry(self, entries: list[Entry]) -> None:
+    async def _upload_with_retry(self, entries: list[Entry]) -> list[Entry]:
+        """Put each file in the bucket; the ones that went (a file that is not a regular file
+        inside the watched folders, or too large, is abandoned: never read, never sent)."""
         from imgflow.objects import write_object
+        from imgflow.settings import get_settings
+
+        limit = get_settings().max_file_bytes
+
+        def read(entry: Entry) -> bytes | None:
+            try:  # the same check as the decode stage's, on the open file (imgflow/safeio.py)
+                return read_regular(entry.sent_path, limit, roots=self.roots)
+            except ReadRefused as exc:
+                log.warning("not uploading %s: %s", entry.sent_path, exc.message)
+                self.journal.mark([entry.image_id], "abandoned")
+                return None
+
+        contents = await asyncio.to_thread(lambda: [(e, read(e)) for e in entries])
+        ready = [(e, data) for e, data in contents if data is not None]
 
         def upload() -> None:
-            for e in entries:
-                write_object(self.object_uri(e), Path(e.sent_path).read_bytes())
+            for e, data in ready:
+                write_object(self.object_uri(e), data)
 
-        delay = 0.5
-        while True:
-            try:
-                await asyncio.to_thread(upload)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # store away: the rows stay pending, retry with backoff
-                log.warning(
-                    "putting %d images in %s failed, retrying in %.1fs: %s",
-                    len(entries),
-                    self.bucket,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        await retry(
+            f"putting {len(ready)} images in {self.bucket}",
+            partial(asyncio.to_thread, upload),
+            transient=_always,
+        )
+        return [e for e, _ in ready]
 
     def message(self, entry: Entry) -> ImagePath:
         root = Path(entry.root)
@@ -338,6 +339,11 @@ class FolderWatcher:
         if resend:
             log.info("resending %d images that were not acknowledged before the last stop", len(resend))
             await self._publish(resend)
+
+
+def _always(exc: BaseException) -> bool:
+    """A store or broker away: retried whatever the error (the rows stay pending meanwhile)."""
+    return True
 
 
 def _gone(rows: list[tuple[int, Entry]]) -> list[int]:
