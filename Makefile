@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock model browser schemas demo screenshots test test-fast lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
+.PHONY: help install lock model browser schemas demo screenshots test test-fast fuzz lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ test: $(STAMP) browser schemas ## Run the whole test suite (starts embedded serv
 
 test-fast: $(STAMP) schemas ## Unit tests only (no broker, no MongoDB, no TensorFlow model)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+
+fuzz: $(STAMP) $(MODEL_SPEC) ## 10,000 generated messages per topic through the parsers and the decoder, then 2,000 through a real worker (~30 min)
+	IMGFLOW_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/test_fuzz.py
+	IMGFLOW_FUZZ_E2E_MESSAGES=2000 $(BIN)/python -m pytest -q tests/test_hostile_e2e.py -k generated
 
 lint: $(STAMP) ## ruff lint and format check, mypy (strict on the core; see pyproject.toml)
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ itself, so nothing can be swapped in between.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -59,7 +60,7 @@ def read_regular(
     except PermissionError:
         raise ReadRefused("unreadable_file", f"permission denied: {path}") from None
     except OSError as exc:
-        if exc.errno == getattr(os, "ELOOP", -1) or exc.errno == getattr(os, "EMLINK", -1):
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link (EMLINK on BSDs)
             raise ReadRefused("not_a_file", f"refused to follow a link: {path}") from None
         raise ReadRefused("unreadable_file", f"cannot open {path}: {exc.strerror}") from None
     except ValueError:  # an embedded NUL byte

@@ -40,9 +40,9 @@ class ModelNotRegistered(ModelSpecError):
     kind = "unknown_model"
 
 
-#: How deep below a model folder specs are looked for: ``<folder>/<model>/model.toml`` is 1,
-#: ``<folder>/<group>/<model>/model.toml`` 2.
-MAX_DEPTH = 2
+#: How many folders deep below a model folder specs are looked for: ``<folder>/<model>/model.toml``
+#: is 1, ``<folder>/<team>/<model>/model.toml`` 2, one more for a version folder.
+MAX_DEPTH = 3
 
 
 def _spec_files(folder: Path) -> list[Path]:

@@ -63,16 +63,22 @@ async def replay(
         image_ids=rp.image_ids_with_label(settings, label) if label else None,
         include_replays=include_replays,
     )
-    with tqdm(unit="img", desc="replay", disable=dry_run) as bar:
-        report = await rp.replay(
-            topic_kind=topic,
-            selection=selection,
-            model=model,
-            dry_run=dry_run,
-            replay_id=replay_id,
-            settings=settings,
-            progress=bar.update,
-        )
+    from models.spec import ModelError
+
+    try:
+        with tqdm(unit="img", desc="replay", disable=dry_run) as bar:
+            report = await rp.replay(
+                topic_kind=topic,
+                selection=selection,
+                model=model,
+                dry_run=dry_run,
+                replay_id=replay_id,
+                settings=settings,
+                progress=bar.update,
+            )
+    except ModelError as exc:  # --model names no registered model: say so, no traceback
+        self.say(f"replay: {exc}", file=self.stderr)
+        raise SystemExit(1) from None
     self.say(report.in_words(dry_run))
 
 

@@ -104,16 +104,21 @@ def sniff(path: Path, max_pixels: int) -> tuple[str, int, int]:
     """(format, width, height) of an image file, or :class:`Refused` (runs in a thread)."""
     from PIL import Image, UnidentifiedImageError
 
+    from imgflow.settings import get_settings
+
     try:
-        with Image.open(path) as im:
+        # Only the allowed formats' plugins look at the bytes (IMGFLOW_IMAGE_FORMATS).
+        with Image.open(path, formats=get_settings().image_format_list) as im:
             fmt, (width, height) = im.format or "", im.size
             if fmt not in FORMATS:
                 raise Refused(
                     415,
                     f"unsupported image format {fmt or 'unknown'}; send JPEG, PNG, GIF, BMP, TIFF or WebP",
                 )
-            if width * height > max_pixels:
-                raise Refused(413, f"image is {width}x{height} pixels, over the {max_pixels:,}-pixel limit")
+            if width * height >= max_pixels:  # as the decode stage counts it: the limit is refused
+                raise Refused(
+                    413, f"image is {width}x{height} pixels, at or over the {max_pixels:,}-pixel limit"
+                )
             im.verify()
     except Refused:
         raise

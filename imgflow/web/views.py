@@ -215,7 +215,17 @@ class Health(View):
         from imgflow.liveness import STALLED
 
         stalled = sorted(f"{tp.topic}[{tp.partition}]" for tp in STALLED)
-        status = "degraded" if ready and stalled else "ok" if ready else "starting"
+        from imgflow.retry import OUTAGES
+
+        # A write retried for longer than IMGFLOW_DEGRADED_AFTER (MongoDB or the broker away):
+        # nothing is lost, but nothing moves either.
+        outage = OUTAGES.longest()
+        retrying = (
+            {"what": outage[0], "seconds": round(outage[1], 1)}
+            if outage is not None and outage[1] >= settings.degraded_after
+            else None
+        )
+        status = "degraded" if ready and (stalled or retrying) else "ok" if ready else "starting"
         from imgflow import __version__
 
         body = {
@@ -238,6 +248,7 @@ class Health(View):
             # The group's lag on this worker's partitions of the chain (imgflow/lag.py).
             **lagging,
             "stalled": stalled,
+            "retrying": retrying,
         }
         return self.json(body, status=200 if status == "ok" else 503)
 
