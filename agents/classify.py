@@ -100,10 +100,7 @@ def predictions_for(
     for item, answer in zip(items, answers, strict=True):
         out.append(
             Prediction(
-                image_id=item.image_id,
-                path=item.path,
-                source=item.source,
-                submitted_at=item.submitted_at,
+                ref=item.ref,
                 predicted_at=now,
                 label=answer.label,
                 score=answer.score,
@@ -113,7 +110,6 @@ def predictions_for(
                 inference_ms=inference_ms,
                 batch_size=len(items),
                 meta=item.meta,
-                replay_id=item.replay_id,
                 attrs=item.attrs,
                 faces=answer.faces,
             )

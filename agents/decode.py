@@ -96,10 +96,7 @@ def decode_one(
         data, name, spec.input_size, spec.resize, limits, draft=settings.decode_draft
     )
     record = DecodedImage(
-        image_id=item.image_id,
-        path=item.path,
-        source=item.source,
-        submitted_at=item.submitted_at,
+        ref=item.ref,
         decoded_at=time.time(),
         model=str(spec.spec_path),
         shape=list(decoded.tensor.shape),
@@ -111,7 +108,6 @@ def decode_one(
             bytes=decoded.bytes,
             sha256=decoded.sha256,
         ),
-        replay_id=item.replay_id,
         attrs=item.attrs,
     )
     return Decoded(record, decoded.tensor.tobytes())

@@ -32,14 +32,12 @@ def stored_events(preds: list[Prediction], stored_at: float) -> list[tuple[str, 
             p.label,
             dumps(
                 Stored(
-                    image_id=p.image_id,
+                    ref=p.ref,
                     label=p.label,
                     score=p.score,
                     model=p.model,
                     model_version=p.model_version,
-                    submitted_at=p.submitted_at,
                     stored_at=stored_at,
-                    replay_id=p.replay_id,
                 )
             ),
         )

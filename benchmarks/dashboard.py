@@ -50,6 +50,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from imgflow.records import ImageRef
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet-lite0"
 V1, V2 = "1.0.0", "2.0.0"
@@ -77,10 +79,12 @@ def prediction(image_id: str, stored: float, version: str, rng: random.Random) -
     top = [{"label": lab, "score": round(s / total, 4)} for lab, s in zip(labels, scores, strict=True)]
     submitted = stored - rng.uniform(0.05, 0.15)
     return Prediction(
-        image_id=image_id,
-        path=f"/data/camera/{image_id[:2]}/{image_id}.jpg",
-        source=rng.choice(SOURCES),
-        submitted_at=submitted,
+        ref=ImageRef(
+            image_id=image_id,
+            path=f"/data/camera/{image_id[:2]}/{image_id}.jpg",
+            source=rng.choice(SOURCES),
+            submitted_at=submitted,
+        ),
         predicted_at=stored - 0.02,
         label=top[0]["label"],
         score=top[0]["score"],
@@ -170,13 +174,17 @@ class Seeder:
 
         image_id = uuid.UUID(int=self.rng.getrandbits(128)).hex
         return Failure(
+            ref=ImageRef(
+                image_id=image_id,
+                path=f"/data/camera/bad/{image_id}.jpg",
+                source=self.rng.choice(SOURCES),
+                submitted_at=0.0,
+            ),
             image_id=image_id,
             stage="decode",
             kind=self.rng.choice(["not_an_image", "missing_file", "too_large"]),
             message="synthetic",
             failed_at=at,
-            path=f"/data/camera/bad/{image_id}.jpg",
-            source=self.rng.choice(SOURCES),
         )
 
 

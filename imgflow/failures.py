@@ -13,7 +13,7 @@ import time
 from typing import Any, overload
 
 from imgflow.imaging import ImageRejected
-from imgflow.records import Failure, MalformedMessage, dumps, message_id
+from imgflow.records import Failure, ImageRef, MalformedMessage, dumps, message_id
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,24 @@ def failure_for(stage: str, item: Any, exc: BaseException) -> tuple[str, bytes]:
         kind=kind,
         message=clip(message, MAX_MESSAGE_CHARS),
         failed_at=time.time(),
-        path=clip(getattr(item, "path", None), MAX_FIELD_CHARS),
-        source=clip(getattr(item, "source", None), MAX_FIELD_CHARS),
+        ref=_bounded(getattr(item, "ref", None)),
         model=clip(getattr(item, "model", None), MAX_FIELD_CHARS),
-        replay_id=clip(getattr(item, "replay_id", None), MAX_FIELD_CHARS),
-        submitted_at=getattr(item, "submitted_at", None),
     )
     return item.image_id, dumps(record)
+
+
+def _bounded(ref: Any) -> ImageRef | None:
+    """The image's reference, its free text cut to :data:`MAX_FIELD_CHARS` (strict parsing
+    bounds it already; a record built in code may not have been parsed)."""
+    if not isinstance(ref, ImageRef):
+        return None
+    return ImageRef(
+        image_id=ref.image_id,
+        path=clip(ref.path, MAX_FIELD_CHARS),
+        source=clip(ref.source, MAX_FIELD_CHARS),
+        submitted_at=ref.submitted_at,
+        replay_id=clip(ref.replay_id, MAX_FIELD_CHARS),
+    )
 
 
 def malformed(stage: str, exc: BaseException, event: Any) -> tuple[str, bytes]:

@@ -28,19 +28,67 @@ class ImageMeta(faust.Record, include_metadata=False, validation=True):
     sha256: str
 
 
+class ImageRef(faust.Record, include_metadata=False, validation=True):
+    """Which image, and which request for it: set once at the source, carried unchanged by
+    every record of the chain (tensors, predictions, stored, failed) as their ``ref``."""
+
+    image_id: str
+    path: str  # a file, an object URI or a frame://
+    source: str
+    submitted_at: float  # when the request entered the chain (a replay is a new request)
+    replay_id: str | None = None
+
+
+class _ByRef:
+    """The reference's fields, read through: ``record.image_id`` is ``record.ref.image_id``."""
+
+    ref: ImageRef
+
+    @property
+    def image_id(self) -> str:
+        return self.ref.image_id
+
+    @property
+    def path(self) -> str:
+        return self.ref.path
+
+    @property
+    def source(self) -> str:
+        return self.ref.source
+
+    @property
+    def submitted_at(self) -> float:
+        return self.ref.submitted_at
+
+    @property
+    def replay_id(self) -> str | None:
+        return self.ref.replay_id
+
+
 class ImagePath(faust.Record, include_metadata=False, validation=True):
-    """``imgflow-paths``: one image to classify (the open message format)."""
+    """``imgflow-paths``: one image to classify (the open message format: flat, so that any
+    producer writes it without knowing imgflow's internal records)."""
 
     image_id: str
     path: str
     source: str = "kafka"
     submitted_at: float = 0.0
-    model: str | None = None  # spec path pinning this image to a model (replay)
+    model: str | None = None  # a registered model pinning this image (replay): models/registry.py
     replay_id: str | None = None
     attrs: dict[str, Any] = {}
 
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(
+            image_id=self.image_id,
+            path=self.path,
+            source=self.source,
+            submitted_at=self.submitted_at,
+            replay_id=self.replay_id,
+        )
 
-class DecodedImage(faust.Record, include_metadata=False, validation=True):
+
+class DecodedImage(_ByRef, faust.Record, include_metadata=False, validation=True):
     """``imgflow-tensors``: an image decoded and sized for the model.
 
     The message's value is the pixels, raw: uint8, row-major, ``shape`` (HxWx3). This
@@ -48,25 +96,18 @@ class DecodedImage(faust.Record, include_metadata=False, validation=True):
     raw bytes are a quarter smaller than base64 inside JSON and cost nothing to encode or parse.
     """
 
-    image_id: str
-    path: str
-    source: str
-    submitted_at: float
+    ref: ImageRef
     decoded_at: float
-    model: str  # spec path the tensor was sized for
+    model: str  # the registered spec the tensor was sized for
     shape: list[int]
     meta: ImageMeta
-    replay_id: str | None = None
     attrs: dict[str, Any] = {}
 
 
-class Prediction(faust.Record, include_metadata=False, validation=True):
+class Prediction(_ByRef, faust.Record, include_metadata=False, validation=True):
     """``imgflow-predictions``: one model's answer for one image."""
 
-    image_id: str
-    path: str
-    source: str
-    submitted_at: float
+    ref: ImageRef
     predicted_at: float
     label: str
     score: float
@@ -76,7 +117,6 @@ class Prediction(faust.Record, include_metadata=False, validation=True):
     inference_ms: float
     batch_size: int
     meta: ImageMeta
-    replay_id: str | None = None
     attrs: dict[str, Any] = {}
     #: A face model's answer (``output = "faces"``): one object per face, most confident first:
     #: ``box`` [x0, y0, x1, y1] in the original image's pixels, ``score`` (detection),
@@ -86,35 +126,49 @@ class Prediction(faust.Record, include_metadata=False, validation=True):
     faces: list[dict[str, Any]] | None = None
 
 
-class Stored(faust.Record, include_metadata=False, validation=True):
+class Stored(_ByRef, faust.Record, include_metadata=False, validation=True):
     """``imgflow-stored``: a prediction that is durably in MongoDB."""
 
-    image_id: str
+    ref: ImageRef
     label: str
     score: float
     model: str
     model_version: str
-    submitted_at: float
     stored_at: float
-    replay_id: str | None = None
 
 
 class Failure(faust.Record, include_metadata=False, validation=True):
-    """``imgflow-failed``: an image (or message) that cannot go on."""
+    """``imgflow-failed``: an image (or message) that cannot go on.
+
+    ``image_id`` is the failure document's key: the image's, or for a message that could not
+    be parsed, one derived from its topic, partition and offset (it then has no ``ref``)."""
 
     image_id: str
     stage: str  # decode | classify | store | ingest
     kind: str  # missing_file, not_an_image, malformed_message, ...
     message: str  # for a person
     failed_at: float
-    path: str | None = None
-    source: str | None = None
+    ref: ImageRef | None = None
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
     model: str | None = None
-    replay_id: str | None = None
-    submitted_at: float | None = None
+
+    @property
+    def path(self) -> str | None:
+        return self.ref.path if self.ref is not None else None
+
+    @property
+    def source(self) -> str | None:
+        return self.ref.source if self.ref is not None else None
+
+    @property
+    def submitted_at(self) -> float | None:
+        return self.ref.submitted_at if self.ref is not None else None
+
+    @property
+    def replay_id(self) -> str | None:
+        return self.ref.replay_id if self.ref is not None else None
 
 
 class MalformedMessage(ValueError):
@@ -345,9 +399,12 @@ def check_fields(data: dict[str, Any]) -> None:
             if not all(isinstance(face, dict) for face in value):
                 raise MalformedMessage("field 'faces' holds objects only")
             check_json(name, value, max_bytes=MAX_FACES_BYTES, depth=4)
-        elif name == "meta":
+        elif name in ("meta", "ref"):
+            if value is None and name == "ref":
+                continue
             if not isinstance(value, dict):
-                raise MalformedMessage(f"field 'meta' must be a JSON object, got {_excerpt(value)}")
+                raise MalformedMessage(f"field {name!r} must be a JSON object, got {_excerpt(value)}")
+            _require_fields(ImageMeta if name == "meta" else ImageRef, value)
             check_fields(value)
 
 

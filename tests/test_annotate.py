@@ -13,7 +13,7 @@ from agents import annotate
 from dashboard.previews import faces_drawn
 from imgflow.annotate import KNOWN, STRANGER, annotated_jpeg, draw_result
 from imgflow.frames import Frame, FrameStore, frame_path
-from imgflow.records import RECORD_HEADER, ImageMeta, ImagePath, Prediction, dumps
+from imgflow.records import RECORD_HEADER, ImageMeta, ImagePath, ImageRef, Prediction, dumps
 from tests.test_stages import channel, drain, run_in_agent
 
 FACES = [
@@ -57,10 +57,7 @@ def test_the_dashboard_draws_faces_on_a_smaller_preview():
 
 def prediction(image_id: str, path: str, faces=None) -> Prediction:
     return Prediction(
-        image_id=image_id,
-        path=path,
-        source="cam",
-        submitted_at=time.time(),
+        ref=ImageRef(image_id=image_id, path=path, source="cam", submitted_at=time.time()),
         predicted_at=time.time(),
         label="ada",
         score=0.99,

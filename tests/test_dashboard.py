@@ -42,7 +42,7 @@ from dashboard.styles import STATIC, stylesheet
 from imgflow import storage
 from imgflow.embedded import free_port
 from imgflow.ranges import matches, merge, split
-from imgflow.records import Failure, ImageMeta, Prediction
+from imgflow.records import Failure, ImageMeta, ImageRef, Prediction
 from imgflow.tally import Tally
 
 MODEL = "efficientnet-lite0"
@@ -78,10 +78,7 @@ def prediction(
     rest = 1 - score
     top = top_k or [(label, score), ("tabby", round(rest / 2, 3)), ("lab coat", round(rest / 4, 3))]
     return Prediction(
-        image_id=image_id,
-        path=str(path),
-        source=source,
-        submitted_at=submitted.timestamp(),
+        ref=ImageRef(image_id=image_id, path=str(path), source=source, submitted_at=submitted.timestamp()),
         predicted_at=(submitted + timedelta(seconds=latency * 0.8)).timestamp(),
         label=label,
         score=score,
@@ -163,22 +160,22 @@ def seeded(db, tmp_path: Path) -> dict[str, Any]:
         )
     failures = [
         Failure(
+            ref=ImageRef(
+                image_id="bad-1", path=str(root / "notes.txt"), source="simulator", submitted_at=0.0
+            ),
             image_id="bad-1",
             stage="decode",
             kind="not_an_image",
             message="cannot identify image file",
             failed_at=(NOW - timedelta(seconds=20)).timestamp(),
-            path=str(root / "notes.txt"),
-            source="simulator",
         ),
         Failure(
+            ref=ImageRef(image_id="bad-2", path=str(root / "gone.jpg"), source="upload", submitted_at=0.0),
             image_id="bad-2",
             stage="decode",
             kind="missing_file",
             message="no such file",
             failed_at=(NOW - timedelta(seconds=50)).timestamp(),
-            path=str(root / "gone.jpg"),
-            source="upload",
         ),
     ]
     store_failures(db, failures)

@@ -24,7 +24,7 @@ def test_a_failure_about_huge_text_still_fits_the_smallest_message_limit():
     key, value = failure_for("decode", item, ValueError(huge))
     assert len(key.encode()) + len(value) < SMALLEST_LIMIT / 2
     record = json.loads(value)
-    assert record["path"].startswith("/data/\U0001f4f7") and "characters)" in record["path"]
+    assert record["ref"]["path"].startswith("/data/\U0001f4f7") and "characters)" in record["ref"]["path"]
     assert record["message"].startswith("ValueError: ")
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgflow.records import DecodedImage, ImageMeta, message_id, tensor_message
+from imgflow.records import DecodedImage, ImageMeta, ImageRef, message_id, tensor_message
 from tests.images import photo
 from tests.support import Pipeline, Services, Worker, path_message, wait_until
 from tests.tiny_model import redblue_spec
@@ -199,10 +199,7 @@ def test_a_model_path_in_a_paths_message_a_frame_or_a_tensor_record_opens_nothin
         [(b"cam-1", jpeg.getvalue(), [("imgflow-image-id", b"f-zero"), ("imgflow-model", b"/dev/zero")])],
     )
     record = DecodedImage(
-        image_id="t-zero",
-        path=str(cat),
-        source="test",
-        submitted_at=time.time(),
+        ref=ImageRef(image_id="t-zero", path=str(cat), source="test", submitted_at=time.time()),
         decoded_at=time.time(),
         model="/dev/zero",
         shape=[224, 224, 3],
@@ -282,10 +279,7 @@ def test_poison_fields_end_as_failure_documents_and_the_partition_goes_on(hostil
     poison.append(head.replace('"x"', f'"{uuid.uuid4().hex}"') + ', "attrs": {"a\\u0000b": 1}}')
     ids = hostile.produce("paths", [(None, p.encode(), None) for p in poison])
     prediction = {
-        "image_id": "no-meta",
-        "path": str(cat),
-        "source": "s",
-        "submitted_at": 1.0,
+        "ref": {"image_id": "no-meta", "path": str(cat), "source": "s", "submitted_at": 1.0},
         "predicted_at": 2.0,
         "label": "cat",
         "score": 0.5,

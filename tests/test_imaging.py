@@ -90,7 +90,7 @@ def test_a_format_variant_pillow_cannot_decode_is_unsupported_format(folder: Pat
     record = json.loads(value)
     assert key == "dds-1"
     assert record["kind"] == "unsupported_format" and record["stage"] == "decode"
-    assert record["message"] == info.value.message and record["path"] == str(path)
+    assert record["message"] == info.value.message and record["ref"]["path"] == str(path)
 
 
 def _camera_jpeg(path: Path, size=(1280, 960), orientation: int | None = None) -> Path:

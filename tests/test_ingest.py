@@ -11,12 +11,11 @@ from imgflow.sources.results import Outcome, Summary, outcome_of
 
 def test_outcomes_are_read_from_stored_and_failed_records():
     stored = {
-        "image_id": "a",
+        "ref": {"image_id": "a", "path": "/data/a.jpg", "source": "test", "submitted_at": 1.0},
         "label": "tabby",
         "score": 0.8,
         "model": "m",
         "model_version": "1",
-        "submitted_at": 1.0,
         "stored_at": 2.0,
     }
     assert outcome_of("stored", json.dumps(stored).encode()) == Outcome(

@@ -6,6 +6,7 @@ import json
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from imgflow.records import ImageRef
 from tables.label_counts import count_of, count_once, merge, partition_of, should_count
 
 
@@ -83,10 +84,8 @@ def test_every_copy_of_a_stored_result_falls_in_its_requests_window():
     from imgflow.records import Stored, dumps
     from tables.label_counts import request_time
 
-    stored = Stored(
-        image_id="i", label="tabby", score=0.9, model="m", model_version="1",
-        submitted_at=1000.5, stored_at=1000.6,
-    )  # fmt: skip
+    ref = ImageRef(image_id="i", submitted_at=1000.5, path="/test.jpg", source="test")
+    stored = Stored(ref=ref, label="tabby", score=0.9, model="m", model_version="1", stored_at=1000.6)
     restored = Stored(**{**stored.asdict(), "stored_at": 1090.0})  # stored again, much later
     for record, message_ts in ((stored, 1000.7), (restored, 1090.1)):
         event = SimpleNamespace(value=dumps(record), message=SimpleNamespace(timestamp=message_ts))

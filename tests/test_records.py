@@ -10,6 +10,7 @@ from imgflow.records import (
     DecodedImage,
     Failure,
     ImageMeta,
+    ImageRef,
     MalformedMessage,
     dumps,
     message_id,
@@ -68,10 +69,7 @@ def test_malformed_path_messages_are_rejected_readably(raw, words):
 def test_internal_records_parse_with_nested_metadata():
     meta = ImageMeta(file_name="a.jpg", width=3, height=2, format="JPEG", bytes=10, sha256="0" * 64)
     rec = DecodedImage(
-        image_id="i",
-        path="/a.jpg",
-        source="s",
-        submitted_at=1.0,
+        ref=ImageRef(image_id="i", path="/a.jpg", source="s", submitted_at=1.0),
         decoded_at=2.0,
         model="/m.toml",
         shape=[2, 3, 3],
@@ -83,10 +81,8 @@ def test_internal_records_parse_with_nested_metadata():
 
 def test_a_tensor_message_carries_raw_pixels_and_its_record_in_a_header():
     meta = ImageMeta(file_name="a.jpg", width=3, height=2, format="JPEG", bytes=10, sha256="0" * 64)
-    rec = DecodedImage(
-        image_id="i", path="/a.jpg", source="s", submitted_at=1.0, decoded_at=2.0,
-        model="/m.toml", shape=[2, 3, 3], meta=meta,
-    )  # fmt: skip
+    ref = ImageRef(image_id="i", path="/a.jpg", source="s", submitted_at=1.0)
+    rec = DecodedImage(ref=ref, decoded_at=2.0, model="/m.toml", shape=[2, 3, 3], meta=meta)
     pixels = bytes(range(18))
     value, headers = tensor_message(rec, pixels)
     assert value == pixels  # raw, not base64 in JSON

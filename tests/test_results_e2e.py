@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from imgflow.records import Failure, Stored, dumps
+from imgflow.records import Failure, ImageRef, Stored, dumps
 from imgflow.settings import Settings
 from imgflow.sources.results import ResultWatch, wait_for_results
 from tests.support import Services, produce_raw
@@ -31,7 +31,12 @@ def test_result_topics_created_after_the_watch_started_are_read_from_their_begin
     prefix = f"late{uuid.uuid4().hex[:6]}"
     settings = Settings(BROKER_URL=services.broker_url, IMGFLOW_TOPIC_PREFIX=prefix)
     stored = Stored(
-        image_id="a", label="tabby", score=0.9, model="m", model_version="1", submitted_at=1.0, stored_at=2.0
+        ref=ImageRef(image_id="a", submitted_at=1.0, path="/test.jpg", source="test"),
+        label="tabby",
+        score=0.9,
+        model="m",
+        model_version="1",
+        stored_at=2.0,
     )
     failed = Failure(image_id="b", stage="decode", kind="missing_file", message="gone", failed_at=3.0)
 

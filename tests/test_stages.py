@@ -25,6 +25,7 @@ from imgflow.records import (
     Failure,
     ImageMeta,
     ImagePath,
+    ImageRef,
     Prediction,
     dumps,
     parse,
@@ -122,10 +123,7 @@ async def test_classify_predicts_per_model_and_fails_a_wrong_shape(tmp_path: Pat
 
     def tensor(image_id: str, array: np.ndarray) -> tuple[bytes, list[tuple[str, bytes]]]:
         record = DecodedImage(
-            image_id=image_id,
-            path=f"/x/{image_id}.jpg",
-            source="test",
-            submitted_at=1.0,
+            ref=ImageRef(image_id=image_id, path=f"/x/{image_id}.jpg", source="test", submitted_at=1.0),
             decoded_at=1.0,
             model=str(spec),
             shape=list(array.shape),
@@ -234,10 +232,7 @@ async def test_pixels_beside_the_message_are_classified_once_and_an_expired_one_
 def prediction(image_id: str, label: str = "cat") -> bytes:
     return dumps(
         Prediction(
-            image_id=image_id,
-            path=f"/x/{image_id}.jpg",
-            source="test",
-            submitted_at=1.0,
+            ref=ImageRef(image_id=image_id, path=f"/x/{image_id}.jpg", source="test", submitted_at=1.0),
             predicted_at=2.0,
             label=label,
             score=0.9,

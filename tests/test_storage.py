@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from imgflow.mongo import connect
-from imgflow.records import ImageMeta, Prediction
+from imgflow.records import ImageMeta, ImageRef, Prediction
 from imgflow.storage import Store, prediction_id
 
 # Store clients are bound to one event loop: fixtures and tests share the session loop.
@@ -50,10 +50,13 @@ def prediction(
     submitted_at: float = T0 - 100,
 ) -> Prediction:
     return Prediction(
-        image_id=image_id,
-        path=f"/data/{image_id}.jpg",
-        source="test",
-        submitted_at=submitted_at,
+        ref=ImageRef(
+            image_id=image_id,
+            path=f"/data/{image_id}.jpg",
+            source="test",
+            submitted_at=submitted_at,
+            replay_id=replay_id,
+        ),
         predicted_at=predicted_at,
         label=label,
         score=0.9,
@@ -65,7 +68,6 @@ def prediction(
         meta=ImageMeta(
             file_name=f"{image_id}.jpg", width=4, height=3, format="JPEG", bytes=10, sha256="0" * 64
         ),
-        replay_id=replay_id,
     )
 
 
@@ -171,7 +173,7 @@ async def test_a_document_written_before_ranks_existed_is_replaced(store: Store,
 async def test_values_that_look_like_field_paths_are_stored_as_written(store: Store, db):
     """The guarded write is an update pipeline, where "$name" would read a field: values stay literal."""
     p = prediction("dollar", "1.0", T0, "$label")
-    p.path = "$HOME/image.jpg"
+    p.ref = ImageRef(**{**p.ref.asdict(), "path": "$HOME/image.jpg"})
     p.attrs = {"camera": "$cam", "tags": ["$a", "b"]}
     await store.write_predictions([p])
     doc = db.images.find_one({"_id": "dollar"})

@@ -16,7 +16,7 @@ import pytest
 
 from dashboard import feedback, stats
 from imgflow import storage, tally
-from imgflow.records import Failure, ImageMeta, Prediction
+from imgflow.records import Failure, ImageMeta, ImageRef, Prediction
 from imgflow.tally import Tally
 
 pytestmark = pytest.mark.e2e
@@ -41,10 +41,7 @@ def db(mongo_url: str) -> Iterator[Any]:
 def pred(image_id: str, version: str = "1.0.0", label: str = "tabby", at: float | None = None) -> Prediction:
     at = at or datetime.now(UTC).timestamp()
     return Prediction(
-        image_id=image_id,
-        path=f"/data/{image_id}.jpg",
-        source="simulator",
-        submitted_at=at,
+        ref=ImageRef(image_id=image_id, path=f"/data/{image_id}.jpg", source="simulator", submitted_at=at),
         predicted_at=at + 0.1,
         label=label,
         score=0.9,

@@ -31,6 +31,7 @@ from imgflow.imaging import (
 from imgflow.objects import inside_object_roots
 from imgflow.promotion import Promotion
 from imgflow.records import (
+    ImageRef,
     MalformedMessage,
     Prediction,
     parse,
@@ -300,10 +301,7 @@ def test_a_submitted_at_slightly_ahead_is_taken_as_now_so_it_cannot_outrank_late
 
 def test_a_prediction_without_meta_is_malformed():
     body = {
-        "image_id": "i",
-        "path": "/a.jpg",
-        "source": "s",
-        "submitted_at": 1.0,
+        "ref": {"image_id": "i", "path": "/a.jpg", "source": "s", "submitted_at": 1.0},
         "predicted_at": 2.0,
         "label": "cat",
         "score": 0.9,
@@ -481,12 +479,12 @@ def test_a_replayed_dead_letter_goes_to_the_current_default_not_the_model_it_nam
     from imgflow.replay import _item_from
 
     dead = Failure(
+        ref=ImageRef(image_id="i", path="/data/a.jpg", submitted_at=0.0, source="test"),
         image_id="i",
         stage="decode",
         kind="unknown_model",
         message="m",
         failed_at=time.time(),
-        path="/data/a.jpg",
         model="/dev/zero",
     )
     assert _item_from("failed", dumps(dead), b"i", "f").model is None
