@@ -44,6 +44,7 @@ from PIL import Image, ImageOps
 
 from benchmarks.throughput import cpu_seconds, percentile, wait_ready
 from imgflow.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
+from imgflow.records import Stored, parse
 from imgflow.settings import Settings
 from models.efficientnet_lite import build_default_model
 
@@ -143,9 +144,9 @@ async def stored_times(
         while len(found) < want and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 for record in records:
-                    stored = json.loads(record.value)
-                    if stored["image_id"].startswith(f"{tag}-"):
-                        found[stored["image_id"]] = (stored["submitted_at"], stored["stored_at"])
+                    stored = parse(Stored, record.value)
+                    if stored.image_id.startswith(f"{tag}-"):
+                        found[stored.image_id] = (stored.submitted_at, stored.stored_at)
     finally:
         await consumer.stop()
     return found

@@ -61,6 +61,7 @@ from imgflow.embedded import (
     worker_argv,
 )
 from imgflow.imaging import decode_image
+from imgflow.records import Stored, parse
 from imgflow.settings import Settings
 from models.backends import load_classifier
 from models.efficientnet_lite import KERAS_SPEC_NAME, build_default_model
@@ -208,9 +209,9 @@ async def latencies_ms(settings: Settings, tag: str) -> list[float]:
         while batch := await consumer.getmany(timeout_ms=2000):
             for records in batch.values():
                 for record in records:
-                    stored = json.loads(record.value)
-                    if stored["image_id"].startswith(f"{tag}-"):
-                        found[stored["image_id"]] = (stored["stored_at"] - stored["submitted_at"]) * 1000
+                    stored = parse(Stored, record.value)
+                    if stored.image_id.startswith(f"{tag}-"):
+                        found[stored.image_id] = (stored.stored_at - stored.submitted_at) * 1000
     finally:
         await consumer.stop()
     return sorted(found.values())

@@ -59,17 +59,16 @@ def _scaled(im, px: int, max_pixels: int) -> bytes | None:
 
 @lru_cache(maxsize=1024)
 def _render(path: str, mtime_ns: int, size: int, px: int, max_bytes: int, max_pixels: int) -> bytes | None:
-    from PIL import Image
+    from imgflow.safeio import ReadRefused, read_regular
 
     if size > max_bytes:
         return None
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as fh, Image.open(fh) as im:
-            return _scaled(im, px, max_pixels)
-    except Exception as exc:  # unreadable, truncated, not an image: no preview, never an error page
+    try:  # a regular file, not a link, never past the limit (a FIFO swapped in cannot hang a page)
+        data = read_regular(path, max_bytes)
+    except ReadRefused as exc:
         log.debug("no preview for %s: %s", path, exc)
         return None
+    return render_bytes(data, px, max_pixels)
 
 
 def render_bytes(data: bytes, px: int, max_pixels: int = 64_000_000) -> bytes | None:

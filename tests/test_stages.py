@@ -263,7 +263,7 @@ async def test_store_writes_then_emits_one_stored_event_per_prediction(mongo_url
         events = await drain(stored, 2)
         [malformed] = await drain(failed, 1)
     await sink.close()
-    assert sorted(json.loads(e.value)["image_id"] for e in events) == ["a", "b"]
+    assert sorted(json.loads(e.value)["ref"]["image_id"] for e in events) == ["a", "b"]
     # Keyed by label: imgflow-stored is partitioned as the label tables are (tables/label_counts.py).
     assert sorted(e.key for e in events) == [b"cat", b"dog"]
     assert parse(Failure, malformed.value).kind == "malformed_message"
