@@ -502,3 +502,31 @@ def test_frames_are_capped_in_total_whatever_the_number_of_sources(scratch_db):
     store.prune()
     kept = sorted(d["_id"] for d in scratch_db.frames.find({}, {"_id": 1}))
     assert kept == sorted(f"f{i}" for i in range(7, 12))
+
+
+async def test_the_watchers_bucket_upload_reads_only_regular_files_inside_its_folders(tmp_path: Path):
+    from imgflow.sources.watcher.folder_watcher import FolderWatcher
+    from imgflow.sources.watcher.journal import Entry, Journal
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    secret = tmp_path / "secret.jpg"
+    photo().save(secret)
+    (inbox / "link.jpg").symlink_to(secret)  # a file swapped for a link out of the folder
+    os.mkfifo(inbox / "fifo.jpg")  # a reader of this would wait forever
+    journal = Journal(tmp_path / "journal.sqlite3")
+    entries = [
+        Entry(
+            path=str(inbox / name),
+            size=1,
+            mtime_ns=1,
+            image_id=name,
+            sent_path=str(inbox / name),
+            root=str(inbox),
+        )
+        for name in ("link.jpg", "fifo.jpg")
+    ]
+    journal.add(entries)
+    watcher = FolderWatcher([inbox], journal, bucket="s3://nowhere/uploads")
+    assert await watcher._upload_with_retry(entries) == []  # nothing read, nothing put
+    assert {e.image_id for e in journal.in_state("abandoned")} == {"link.jpg", "fifo.jpg"}

@@ -299,10 +299,12 @@ class FolderWatcher:
                 return read_regular(entry.sent_path, limit, roots=self.roots)
             except ReadRefused as exc:
                 log.warning("not uploading %s: %s", entry.sent_path, exc.message)
-                self.journal.mark([entry.image_id], "abandoned")
                 return None
 
         contents = await asyncio.to_thread(lambda: [(e, read(e)) for e in entries])
+        refused = [e.image_id for e, data in contents if data is None]
+        if refused:  # the journal is this thread's (SQLite)
+            self.journal.mark(refused, "abandoned")
         ready = [(e, data) for e, data in contents if data is not None]
 
         def upload() -> None:
