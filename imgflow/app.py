@@ -8,6 +8,7 @@ the settings, records or queries without side effects.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import faust
@@ -18,6 +19,8 @@ from imgflow.broker import wait_for_broker
 from imgflow.resources import Resources
 from imgflow.settings import get_settings
 from imgflow.web.auth import token_middleware
+
+log = logging.getLogger(__name__)
 
 settings = get_settings()
 
@@ -31,6 +34,11 @@ class App(faust.App):
         return [self.resources, *super().on_init_dependencies()]
 
     async def on_first_start(self) -> None:
+        from imgflow.worker import MMAP_THRESHOLD, return_large_blocks
+
+        # Before anything decodes: large freed blocks go back to the system (imgflow/worker.py).
+        if return_large_blocks():
+            log.info("freed blocks of %d KB and more go back to the system (mallopt)", MMAP_THRESHOLD // 1024)
         # Never commit past an unacknowledged message; never drop a delivered one on recovery.
         safe_consumer.install(fetch_max_wait_ms=settings.fetch_max_wait_ms)
         # Faust creates its data dir without parents; IMGFLOW_HOME may not exist yet.

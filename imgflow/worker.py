@@ -24,7 +24,7 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 20
 
 
-def return_large_blocks() -> bool:
+def return_large_blocks() -> bool:  # called by the app on its first start (imgflow/app.py)
     """Make glibc give large freed blocks back to the system (a fixed mmap threshold).
 
     By default glibc raises its mmap threshold each time a mapped block is freed, up to
@@ -44,11 +44,6 @@ def return_large_blocks() -> bool:
 
 
 class Worker(faust.Worker):
-    def on_init_dependencies(self):  # type: ignore[no-untyped-def]
-        if not return_large_blocks():
-            log.info("mallopt is not available: large freed blocks stay in the heap")
-        return super().on_init_dependencies()
-
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
         super().on_setup_root_logger(logger, level)

@@ -167,6 +167,9 @@ async def count_labels(stream: StreamT[bytes]) -> None:
         except MalformedMessage as exc:
             log.warning("skipping malformed stored event: %s", exc)
             continue
+        except Exception:  # a parser bug: logged with its traceback, never the end of the agent
+            log.exception("skipping a stored event that could not be read")
+            continue
         position = event.message.offset + 1  # 1-based: 0 means "not counted"
         model_key = f"{stored.label}{SEP}{stored.model}:{stored.model_version}"
         seen_key = f"{model_key}{SEP}{stored.image_id}"
