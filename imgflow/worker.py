@@ -16,8 +16,6 @@ import logging
 
 import faust
 
-log = logging.getLogger(__name__)
-
 #: glibc's ``mallopt`` parameter for the mmap threshold (malloc.h).
 M_MMAP_THRESHOLD = -3
 #: Allocations from this size up get their own mapping, returned to the system when freed.
