@@ -359,7 +359,7 @@ async def test_retry_waits_out_transient_errors_and_raises_permanent_ones_at_onc
 
     calls = []
 
-    async def flaky() -> str:
+    async def down_twice() -> str:  # MongoDB away for two attempts, then back
         calls.append(1)
         if len(calls) < 3:
             raise AutoReconnect("down")
@@ -370,7 +370,7 @@ async def test_retry_waits_out_transient_errors_and_raises_permanent_ones_at_onc
     async def no_sleep(delay: float) -> None:
         seen.append(OUTAGES.longest())
 
-    assert await retry("write", flaky, sleep=no_sleep) == "ok"
+    assert await retry("write", down_twice, sleep=no_sleep) == "ok"
     assert len(calls) == 3 and seen[0] is not None and seen[0][0] == "write"
     assert OUTAGES.longest() is None  # over once it succeeded
 
