@@ -38,7 +38,7 @@ $(MODEL_SPEC): | $(STAMP)
 model: $(MODEL_SPEC) ## Build the default model (EfficientNet-Lite0, offline, once)
 
 demo: $(STAMP) $(MODEL_SPEC) ## Run the whole stack (embedded broker + MongoDB unless BROKER_URL/MONGO_URL are set)
-	$(BIN)/python -m imgflow.launcher demo $(DEMO_ARGS)
+	$(BIN)/python -m devstack.launcher demo $(DEMO_ARGS)
 
 screenshots: $(STAMP) $(MODEL_SPEC) ## README pictures: the dashboard on the real stack in Chromium, the architecture -> docs/images/*.png (~3 min)
 	$(BIN)/python scripts/architecture.py

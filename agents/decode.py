@@ -70,7 +70,7 @@ def decode_one(
 
     A file's roots are checked first and the checked real path is what is opened, and the
     open file is checked again (a regular file, not a link, really inside a root:
-    imgflow/safeio.py), so nothing swapped in between is read. A frame is decoded from
+    models/safeio.py), so nothing swapped in between is read. A frame is decoded from
     ``data`` (its message's bytes) or, for a ``frame://`` path without them (a replay),
     from ``frames``. An image not pinned to a model (a replay's ``--model``) is decoded
     for ``default_model``; one pinned to a model gets it only if it is registered

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.throughput import wait_ready
-from imgflow.broker import backlog
-from imgflow.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
+from devstack.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
+from devstack.kafka import backlog
 from imgflow.settings import Settings
 from models.efficientnet_lite import build_default_model
 from simulator.dataset import write_dataset
@@ -90,7 +90,7 @@ async def publish(settings: Settings, images: list[Path], pattern: Pattern, sent
     from aiokafka import AIOKafkaProducer
 
     from imgflow.records import dumps
-    from imgflow.sources.publish import path_message
+    from sources.publish import path_message
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()

@@ -373,7 +373,7 @@ def main() -> None:
         print(json.dumps(measure(client[args.db], args.repeat, compare=False), default=str))
         return
 
-    from imgflow.embedded import start_mongo
+    from devstack.embedded import start_mongo
 
     sizes = [int(s) for s in args.sizes.split(",")]
     home = args.home or Path(tempfile.mkdtemp(prefix="imgflow-bench-dashboard-"))

@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from benchmarks.throughput import cpu_seconds, percentile, wait_ready
-from imgflow.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
+from devstack.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
 from imgflow.records import Stored, parse
 from imgflow.settings import Settings
 from models.efficientnet_lite import build_default_model

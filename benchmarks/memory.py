@@ -1,6 +1,6 @@
 """Memory over time of every process of the demo: ``make soak-memory [MINUTES=60] [RATE=20]``.
 
-Runs ``python -m imgflow.launcher demo`` (embedded broker and MongoDB-protocol server,
+Runs ``python -m devstack.launcher demo`` (embedded broker and MongoDB-protocol server,
 ``--workers`` workers, the watcher, the simulator at ``--rate`` images/s, the dashboard)
 in a fresh ``IMGFLOW_HOME`` for ``--minutes``, and every ``--interval`` seconds records the
 resident memory (RSS) of each process, by role, with the number of images stored so far
@@ -112,7 +112,7 @@ def submitted(broker_url: str | None, topic: str = "imgflow-paths", partitions: 
         return None
     import asyncio
 
-    from imgflow.broker import end_offsets
+    from devstack.kafka import end_offsets
 
     try:
         return sum(asyncio.run(end_offsets(broker_url.split("://", 1)[-1], [topic], partitions)))
@@ -237,7 +237,7 @@ def main() -> int:
         env["IMGFLOW_MODEL"] = str(built)  # the model `make model` built, not a rebuild per run
     for name in ("BROKER_URL", "MONGO_URL"):  # the embedded services: the point of the run
         env.pop(name, None)
-    argv = [sys.executable, "-m", "imgflow.launcher", "demo", "--quiet"]
+    argv = [sys.executable, "-m", "devstack.launcher", "demo", "--quiet"]
     argv += ["--workers", str(args.workers), "--rate", str(args.rate)]
     log = (home / "launcher.log").open("w")
     launcher = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

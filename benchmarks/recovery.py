@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgflow.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
+from devstack.embedded import Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
 from models.efficientnet_lite import build_default_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -38,7 +38,15 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from imgflow.embedded import Mongo, Service, deployment_env, free_port, start_broker, start_mongo, worker_argv
+from devstack.embedded import (
+    Mongo,
+    Service,
+    deployment_env,
+    free_port,
+    start_broker,
+    start_mongo,
+    worker_argv,
+)
 from models.efficientnet_lite import build_default_model
 from simulator.dataset import write_dataset
 

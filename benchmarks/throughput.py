@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from imgflow.embedded import (
+from devstack.embedded import (
     Broker,
     Mongo,
     Service,
@@ -147,7 +147,7 @@ def wait_ready(worker: Service, timeout: float = 180) -> None:
 
 
 def messages(paths: list[Path], tag: str) -> list[Any]:
-    from imgflow.sources.publish import path_message
+    from sources.publish import path_message
 
     out = []
     for i, path in enumerate(paths):
@@ -164,7 +164,7 @@ async def publish_and_wait(
     from aiokafka import AIOKafkaProducer
 
     from imgflow.records import dumps
-    from imgflow.sources.results import ResultWatch, wait_for_results
+    from sources.results import ResultWatch, wait_for_results
 
     batch = messages(paths, tag)
     firsts: list[float] = []

@@ -357,13 +357,13 @@ class DataStore(param.Parameterized):
 
     def evaluations(self) -> list[dict[str, Any]]:
         """The newest stored evaluations (``faust -A imgflow evaluate``), shared by the sessions."""
-        from imgflow import evaluations
+        from lifecycle import evaluations
 
         return self._shared(("evaluations",), lambda: evaluations.newest(self.db))
 
     def feedback_accuracy(self) -> dict[str, Any]:
-        """Each model version's accuracy against the corrections (``imgflow.evaluations``)."""
-        from imgflow import evaluations
+        """Each model version's accuracy against the corrections (``lifecycle.evaluations``)."""
+        from lifecycle import evaluations
 
         return self._shared(("feedback_accuracy",), lambda: evaluations.feedback_accuracy(self.db))
 

@@ -59,7 +59,7 @@ def _scaled(im, px: int, max_pixels: int) -> bytes | None:
 
 @lru_cache(maxsize=1024)
 def _render(path: str, mtime_ns: int, size: int, px: int, max_bytes: int, max_pixels: int) -> bytes | None:
-    from imgflow.safeio import ReadRefused, read_regular
+    from models.safeio import ReadRefused, read_regular
 
     if size > max_bytes:
         return None

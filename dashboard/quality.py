@@ -1,6 +1,6 @@
 """The "Model quality" tab: stored evaluations, and each version's accuracy against corrections.
 
-Evaluations are what ``faust -A imgflow evaluate`` stored (``imgflow.evaluations``); the live
+Evaluations are what ``faust -A imgflow evaluate`` stored (``lifecycle.evaluations``); the live
 accuracy treats every label a person set as ground truth for each version that predicted
 that image, overall, per true label and per day. Both reads follow the evaluations and the
 corrections, not the images, so their cost does not grow with history.

@@ -1,9 +1,9 @@
 """The dashboard's client of the workers' web views: ``/counts/``, ``/workers/`` and ``/health/``.
 
-Plain ``urllib`` with short timeouts (``imgflow.web.client``): the shared feed
+Plain ``urllib`` with short timeouts (``imgflow.client``): the shared feed
 calls it from a thread once per refresh, and a worker that does not answer must
 cost seconds, not a stuck page. Reads may be protected by ``IMGFLOW_API_TOKEN``, so every request
-carries the headers ``imgflow.web.auth.auth_headers`` gives for the settings.
+carries the headers ``imgflow.auth.auth_headers`` gives for the settings.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dashboard.queries import model_key
-from imgflow.web.client import HTTP_TIMEOUT, cluster_members, fetch_json
+from imgflow.client import HTTP_TIMEOUT, cluster_members, fetch_json
 
 
 def configured_urls() -> list[str]:
@@ -25,8 +25,8 @@ def configured_urls() -> list[str]:
 
 def configured_headers() -> dict[str, str]:
     """``Authorization: Bearer`` when IMGFLOW_API_TOKEN is set (reads may be protected), else none."""
+    from imgflow.auth import auth_headers
     from imgflow.settings import get_settings
-    from imgflow.web.auth import auth_headers
 
     return auth_headers(get_settings())
 

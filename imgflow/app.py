@@ -1,7 +1,7 @@
 """Builds the Faust app and nothing else; stages are found by autodiscovery.
 
 Building it opens nothing and patches nothing: a worker installs imgflow's
-fixes to Faust's consumer (imgflow/consumer.py) and starts its resources
+fixes to Faust's consumer (imgflow/faust_fixes/consumer.py) and starts its resources
 (imgflow/resources.py) when it starts, so the dashboard or a test can import
 the settings, records or queries without side effects.
 """
@@ -14,11 +14,12 @@ from collections.abc import Iterable
 import faust
 from mode import ServiceT
 
-from imgflow import consumer as safe_consumer
+from imgflow.auth import token_middleware
 from imgflow.broker import wait_for_broker
+from imgflow.faust_fixes import consumer as safe_consumer
+from imgflow.faust_fixes import liveness
 from imgflow.resources import Resources
 from imgflow.settings import get_settings
-from imgflow.web.auth import token_middleware
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,9 @@ class App(faust.App):
         return [self.resources, *super().on_init_dependencies()]
 
     async def on_first_start(self) -> None:
-        from imgflow.worker import MMAP_THRESHOLD, return_large_blocks
+        from imgflow.faust_fixes.worker import MMAP_THRESHOLD, return_large_blocks
 
-        # Before anything decodes: large freed blocks go back to the system (imgflow/worker.py).
+        # Before anything decodes: large freed blocks go back to the system (imgflow/faust_fixes/worker.py).
         if return_large_blocks():
             log.info("freed blocks of %d KB and more go back to the system (mallopt)", MMAP_THRESHOLD // 1024)
         # Never commit past an unacknowledged message; never drop a delivered one on recovery.
@@ -54,9 +55,9 @@ app = App(
     # Tables on local disk (RocksDB via rocksdict) unless IMGFLOW_TABLE_STORE=memory://.
     store=settings.table_store,
     origin="imgflow",
-    # No terminal spinner: Faust's sets the root logger to DEBUG for it (imgflow/worker.py).
-    Worker="imgflow.worker:Worker",
-    autodiscover=["agents", "tables", "imgflow.web", "imgflow.cli", "imgflow.liveness"],
+    # No terminal spinner: Faust's sets the root logger to DEBUG for it (imgflow/faust_fixes/worker.py).
+    Worker="imgflow.faust_fixes.worker:Worker",
+    autodiscover=["agents", "tables", "web", "cli"],
     datadir=settings.faust_datadir,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
@@ -74,10 +75,12 @@ app = App(
     web_bind=settings.web_bind,
     web_port=settings.web_port,
     web_in_thread=False,
-    # IMGFLOW_API_TOKEN guards every view, Faust's own included (imgflow/web/auth.py).
+    # IMGFLOW_API_TOKEN guards every view, Faust's own included (imgflow/auth.py).
     web_application_options={"middlewares": [token_middleware(settings)]},
     # /counts/ fans out to active owners; standby copies would be counted twice.
     table_standby_replicas=0,
     table_cleanup_interval=settings.window_seconds,
 )
 app.resources = Resources(settings)
+# Second line of defence against a stalled partition (imgflow/faust_fixes/liveness.py).
+liveness.install(app, settings.stall_seconds)

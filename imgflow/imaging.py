@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from imgflow.safeio import ReadRefused, read_regular
+from models.safeio import ReadRefused, read_regular
 
 # Truncated files must fail, not be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -68,7 +68,7 @@ def decode_limits(settings: Any, budget: MemoryBudget | None = None) -> Limits:
 
 def read_file(path: Path, limits: Limits, roots: Sequence[Path] | None = None) -> bytes:
     """Read the whole file, refusing what is missing, empty, too large, not a regular file, a
-    link, or (with ``roots``) really outside them: checked on the open file (imgflow/safeio.py)."""
+    link, or (with ``roots``) really outside them: checked on the open file (models/safeio.py)."""
     try:
         return read_regular(path, limits.max_file_bytes, roots=roots)
     except ReadRefused as exc:

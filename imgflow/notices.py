@@ -3,7 +3,7 @@
 One small document per subject in MongoDB ``notices`` (posting the same subject again
 replaces it; clearing removes it). The dashboard's shared refresh reads them all with
 its other numbers. The launcher posts one when the embedded broker's memory nears its
-limit (``imgflow.launcher``), before anything fails.
+limit (``devstack.launcher``), before anything fails.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def read_object(uri: str, limits: Limits) -> bytes:
 
 def list_objects(prefix: str, recursive: bool = True) -> list[str]:
     """The image objects under ``prefix`` (by name suffix, as for folders), sorted."""
-    from imgflow.sources.files import IMAGE_SUFFIXES
+    from imgflow.files import IMAGE_SUFFIXES
 
     fs, path = filesystem(prefix)
     scheme = prefix.split("://", 1)[0]

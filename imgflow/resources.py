@@ -7,7 +7,7 @@
   owns TensorFlow (loads and predictions never overlap); the default model
   starts loading when the worker starts, and ``/health/`` is ready once it is in.
 - ``active``: which model is the default for new images, following promotions on the
-  control topic (imgflow/promotion.py).
+  control topic (imgflow/control.py).
 - ``decode_pool``: the threads that read and decode images.
 - ``http``: one client session for the calls a worker makes to the others
   (``/counts/`` fan-out), sending the API token when reads are protected.
@@ -26,14 +26,14 @@ from typing import Any
 import aiohttp
 from mode import Service
 
+from imgflow.auth import auth_headers
+from imgflow.control import ActiveModel
 from imgflow.frames import FrameStore
 from imgflow.lag import AgeProbe
 from imgflow.people import People
-from imgflow.promotion import ActiveModel
 from imgflow.settings import Settings
 from imgflow.storage import Store
 from imgflow.tensors import TensorStore
-from imgflow.web.auth import auth_headers
 from models.registry import ModelCache, registry_for
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Resources(Service):
         self.models = ModelCache(self.model_thread, max_models=3, threads=settings.model_threads or None)
         #: The models a message may name (models/registry.py), read in a thread on start.
         self.registry = registry_for(settings.model_dir_paths, settings.model_spec_path)
-        #: The default model for new images, following promotions (imgflow/promotion.py).
+        #: The default model for new images, following promotions (imgflow/control.py).
         self.active = ActiveModel(settings, self.models, self.registry, loop=self.loop, beacon=self.beacon)
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="imgflow-decode")
         self._store: Store | None = None

@@ -19,15 +19,11 @@ from typing import Any
 import numpy as np
 
 from .preprocess import TopK, interpret, normalize
-from .spec import ModelError, ModelSpec, ModelSpecError
+from .spec import ModelError, ModelLoadError, ModelSpec, ModelSpecError
 
 __all__ = ["Classifier", "ModelLoadError", "load_classifier"]
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(ModelError, RuntimeError):
-    """The artefact named by a spec is missing or cannot be loaded."""
 
 
 Shape = tuple[int | None, ...]

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import ModelLoadError
+from .spec import ModelLoadError
 
 __all__ = [
     "EMBEDDING_DIM",

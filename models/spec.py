@@ -49,6 +49,10 @@ class ModelError(Exception):
     """Base class for everything that goes wrong describing or loading a model."""
 
 
+class ModelLoadError(ModelError, RuntimeError):
+    """The artefact named by a spec is missing or cannot be loaded."""
+
+
 class ModelSpecError(ModelError, ValueError):
     """A spec file is missing, malformed, or disagrees with its artefact."""
 
@@ -172,7 +176,7 @@ SPEC_SUFFIXES = (".toml", ".yaml", ".yml")
 def _read_text(path: Path, limit: int, what: str) -> str:
     """A spec's file as text: a regular file, not a link, at most ``limit`` bytes (a path
     such as ``/dev/zero`` or a FIFO is refused before anything is read)."""
-    from imgflow.safeio import ReadRefused, read_regular
+    from models.safeio import ReadRefused, read_regular
 
     try:
         return read_regular(path, limit, allow_empty=True).decode("utf-8")

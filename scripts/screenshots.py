@@ -1,6 +1,6 @@
 """The README's pictures of the dashboard, taken from the real stack: ``make screenshots``.
 
-Runs ``python -m imgflow.launcher demo`` (embedded broker and MongoDB-protocol server, two
+Runs ``python -m devstack.launcher demo`` (embedded broker and MongoDB-protocol server, two
 workers, the watcher, the simulator, the dashboard) in a fresh ``IMGFLOW_HOME`` with its
 worker ports free ones, drops a few broken files into its inbox so that the failures are
 real too, and waits until ``--images`` results are stored and ``--seconds`` have passed
@@ -108,10 +108,10 @@ def broken_files(inbox: Path, photo: Path) -> list[str]:
 
 
 class Demo:
-    """``python -m imgflow.launcher demo`` in its own ``IMGFLOW_HOME``, its output in a file."""
+    """``python -m devstack.launcher demo`` in its own ``IMGFLOW_HOME``, its output in a file."""
 
     def __init__(self, home: Path, rate: float) -> None:
-        from imgflow.embedded import free_port
+        from devstack.embedded import free_port
 
         self.home = home
         self.log_path = home / "launcher.log"
@@ -122,7 +122,7 @@ class Demo:
             env["IMGFLOW_MODEL"] = str(built)  # the model `make model` built, not one more build
         self._log: IO[str] = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgflow.launcher", "demo", "--quiet", "--rate", str(rate)],
+            [sys.executable, "-m", "devstack.launcher", "demo", "--quiet", "--rate", str(rate)],
             cwd=ROOT,
             env=env,
             stdout=self._log,

@@ -195,7 +195,7 @@ async def run(
 
 def publish_into_chain(source: str = "simulator") -> Callable[[list[Path]], Awaitable[None]]:
     """A sender that publishes each path to ``imgflow-paths``, acknowledged before the next send."""
-    from imgflow.sources.publish import path_message, publish_paths
+    from sources.publish import path_message, publish_paths
 
     async def send(paths: list[Path]) -> None:
         await publish_paths(path_message(p, source) for p in paths)

@@ -43,7 +43,7 @@ def broker_url(services_dir: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from imgflow.embedded import start_broker
+    from devstack.embedded import start_broker
 
     broker = start_broker(services_dir / "logs")
     try:
@@ -59,7 +59,7 @@ def mongo_url(services_dir: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from imgflow.embedded import start_mongo
+    from devstack.embedded import start_mongo
 
     mongo = start_mongo(services_dir / "mongo", services_dir / "logs")
     try:
@@ -74,7 +74,7 @@ def s3_env(services_dir: Path) -> Iterator[dict[str, str]]:
     the environment a worker or a client needs to use it (endpoint and test credentials)."""
     import sys
 
-    from imgflow.embedded import Service, free_port, wait_for_port
+    from devstack.embedded import Service, free_port, wait_for_port
 
     port = free_port()
     server = Service("moto-s3", port, services_dir / "logs" / "moto.log")

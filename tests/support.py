@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgflow.embedded import Service, free_port, worker_argv
+from devstack.embedded import Service, free_port, worker_argv
 
 BIN = Path(sys.executable).parent
 

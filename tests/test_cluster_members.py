@@ -10,7 +10,7 @@ from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
 from faust.assignor.partition_assignor import PartitionAssignor
 
 from imgflow import app
-from imgflow.web.views import members
+from web.views import members
 
 
 def test_every_member_is_a_worker_of_the_cluster_even_one_without_partitions(monkeypatch: pytest.MonkeyPatch):

@@ -10,8 +10,8 @@ import sys
 import pytest
 from faust.types import TP
 
-from imgflow import consumer
-from imgflow.consumer import FAUST_ORIGINALS, commit_point, starting_points
+from imgflow.faust_fixes import consumer
+from imgflow.faust_fixes.consumer import FAUST_ORIGINALS, commit_point, starting_points
 
 A, B, C = TP("paths", 0), TP("paths", 1), TP("paths", 2)
 
@@ -40,7 +40,7 @@ def test_commit_point_moves_only_over_a_run_starting_at_the_committed_offset():
 
 #: sha256 (first 16 hex digits) of the source of each Faust function imgflow replaces,
 #: in faust-streaming 0.15.3. If one fails, Faust changed it: re-read the new version,
-#: check that imgflow/consumer.py's replacement still fits, then update the digest.
+#: check that imgflow/faust_fixes/consumer.py's replacement still fits, then update the digest.
 FAUST_SOURCES = {
     "AIOKafkaConsumerThread._create_worker_consumer": "c2701bfc3e6f6cad",
     "Consumer._new_offset": "1d2c7ea89a7ad4f1",
@@ -55,7 +55,7 @@ FAUST_SOURCES = {
 def test_the_faust_function_we_replace_is_the_one_we_read(name: str):
     source = inspect.getsource(FAUST_ORIGINALS[name])
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == FAUST_SOURCES[name], (
-        f"Faust's {name} changed: check imgflow/consumer.py against it"
+        f"Faust's {name} changed: check imgflow/faust_fixes/consumer.py against it"
     )
 
 
@@ -63,7 +63,7 @@ def test_importing_the_app_patches_nothing():
     """A fresh interpreter: the dashboard or a tool may import imgflow without side effects."""
     code = (
         "import imgflow, imgflow.app\n"
-        "from imgflow.consumer import FAUST_ORIGINALS\n"
+        "from imgflow.faust_fixes.consumer import FAUST_ORIGINALS\n"
         "from faust.tables.recovery import Recovery\n"
         "from faust.transport.consumer import Consumer\n"
         "assert Recovery.on_recovery_completed is FAUST_ORIGINALS['Recovery.on_recovery_completed']\n"

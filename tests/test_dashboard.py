@@ -39,8 +39,8 @@ from dashboard.gallery import GalleryView, card_text
 from dashboard.live import CountsView, ThroughputView
 from dashboard.queries import ALL, image_filter
 from dashboard.styles import STATIC, stylesheet
+from devstack.embedded import free_port
 from imgflow import storage
-from imgflow.embedded import free_port
 from imgflow.ranges import matches, merge, split
 from imgflow.records import Failure, ImageMeta, ImageRef, Prediction
 from imgflow.tally import Tally
@@ -1169,7 +1169,7 @@ def test_the_broker_watch_rolls_over_when_one_partition_holds_too_many_records(c
     """Records held in the fullest partition (each read of it lists them all) are a limit too."""
     import os
 
-    from imgflow.launcher import BrokerWatch
+    from devstack.launcher import BrokerWatch
 
     held: list[int | None] = [4_999]
     watch = BrokerWatch(
@@ -1201,8 +1201,8 @@ def test_the_launcher_warns_on_the_dashboard_when_the_broker_grows(db, mongo_url
     """The watch reads a process's memory (here this test's own) and posts once per 10% growth."""
     import os
 
+    from devstack.launcher import BrokerWatch
     from imgflow import notices
-    from imgflow.launcher import BrokerWatch
 
     watch = BrokerWatch(
         os.getpid(), warn_mb=1.0, mongo_url=mongo_url, db_name=db.name, every=0.0, started_mb=0.0
@@ -1222,7 +1222,7 @@ def test_the_launcher_warns_on_the_dashboard_when_the_broker_grows(db, mongo_url
 @e2e
 def test_quality_view_shows_evaluations_and_accuracy_against_corrections(db, seeded):
     from dashboard.quality import QualityView
-    from imgflow import evaluations
+    from lifecycle import evaluations
 
     ids = seeded["ids"]
     # Version 2.0.0 re-classifies three images; people correct two images and confirm one.

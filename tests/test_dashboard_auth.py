@@ -24,7 +24,7 @@ import pytest
 from pydantic import SecretStr
 
 from dashboard.serve import APP, AuthConfigError, serve_command
-from imgflow.embedded import Service, free_port, wait_for_port
+from devstack.embedded import Service, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

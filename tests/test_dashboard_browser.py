@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.embedded import free_port
+from devstack.embedded import free_port
 from simulator.dataset import write_dataset
 from tests.support import BIN, Pipeline, path_message, produce_raw, wait_until
 

@@ -1,10 +1,10 @@
-"""Evaluation figures against values computed by hand on tiny sets (models/evaluation.py)."""
+"""Evaluation figures against values computed by hand on tiny sets (lifecycle/evaluation.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from models.evaluation import (
+from lifecycle.evaluation import (
     Target,
     binary_metrics,
     choose_threshold,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli.faces import DEFAULT_FACE_SPEC
 from imgflow import people
-from imgflow.cli.faces import DEFAULT_FACE_SPEC
 from models.face_model import NO_FACE, UNKNOWN, describe_faces, face_answer
 from models.preprocess import fit_to_input, letterbox_scale
 from models.spec import ModelSpecError, load_spec

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from imgflow.cli.faces import DEFAULT_FACE_SPEC
+from cli.faces import DEFAULT_FACE_SPEC
 from tests.support import Pipeline, Services, Worker, produce_raw, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.embedded import free_port, start_broker
+from devstack.embedded import free_port, start_broker
 from tests.images import photo
 from tests.support import Pipeline, path_message, produce_raw, wait_until
 from tests.tiny_model import redblue_spec

@@ -25,8 +25,8 @@ from imgflow.frames import (
 )
 from imgflow.imaging import ImageRejected, Limits
 from imgflow.records import Failure, ImagePath, MalformedMessage, parse, parse_tensor
-from imgflow.sources.camera import Pacer, folder_frames, video_frames, write_video
 from models.registry import ModelRegistry
+from sources.camera import Pacer, folder_frames, video_frames, write_video
 from tests.images import photo
 from tests.test_stages import channel, drain, run_in_agent, tiny_spec
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dashboard.previews import frame_preview_jpeg
-from imgflow.sources.camera import write_video
+from sources.camera import write_video
 from tests.images import photo
 from tests.support import Pipeline, Services, Worker, path_message, produce_raw, wait_until
 from tests.tiny_model import redblue_spec

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from imgflow.control import Promotion
 from imgflow.frames import (
     HEADER_ATTRS,
     HEADER_FILE_NAME,
@@ -33,7 +34,6 @@ from imgflow.frames import (
     parse_frame,
 )
 from imgflow.imaging import ImageRejected, Limits, MemoryBudget, decode_data
-from imgflow.promotion import Promotion
 from imgflow.records import (
     RECORD_HEADER,
     Failure,
@@ -216,8 +216,8 @@ def test_the_decoder_raises_only_image_rejected(seed: bytes, flips: list[tuple[i
     flips=st.lists(st.tuples(st.integers(min_value=0, max_value=10_000), st.integers(0, 255)), max_size=8),
 )
 def test_the_upload_sniffer_raises_only_refused(tmp_path_factory, seed: bytes, flips: list[tuple[int, int]]):
-    """``POST /images/`` checks each file with Pillow before it is kept (imgflow/sources/upload.py)."""
-    from imgflow.sources.upload import Refused, sniff
+    """``POST /images/`` checks each file with Pillow before it is kept (sources/upload.py)."""
+    from sources.upload import Refused, sniff
 
     data = bytearray(seed)
     for where, byte in flips:

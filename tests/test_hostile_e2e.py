@@ -398,7 +398,7 @@ def test_bad_control_records_are_refused_and_a_restart_over_them_is_healthy(host
 async def _produce_control(pipeline: Pipeline, values: list[bytes]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from imgflow.promotion import KEY
+    from imgflow.control import KEY
 
     producer = AIOKafkaProducer(bootstrap_servers=pipeline.services.bootstrap)
     await producer.start()

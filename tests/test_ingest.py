@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from imgflow.sources.publish import path_message
-from imgflow.sources.results import Outcome, Summary, outcome_of
+from sources.publish import path_message
+from sources.results import Outcome, Summary, outcome_of
 
 
 def test_outcomes_are_read_from_stored_and_failed_records():

@@ -95,8 +95,8 @@ def test_every_copy_of_a_stored_result_falls_in_its_requests_window():
 
 
 def test_counts_carried_to_a_fresh_broker_keep_counting_and_never_recount():
-    """A roll-over (imgflow/launcher.py) carries the tables to a broker whose offsets start at 0."""
-    from tables.rebase import rebase
+    """A roll-over (devstack/launcher.py) carries the tables to a broker whose offsets start at 0."""
+    from devstack.rebase import rebase
 
     counts_topic, counted_topic = "imgflow-label_model_counts-changelog", "imgflow-label_counted-changelog"
     # Before: 7 counted, the last at position 12,000 of the old broker's imgflow-stored.

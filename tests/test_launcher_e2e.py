@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Demo:
-    """``python -m imgflow.launcher demo`` (one worker, no dashboard) and its output, line by line;
+    """``python -m devstack.launcher demo`` (one worker, no dashboard) and its output, line by line;
     ``make=True``: the same through ``make demo``, as a user or a service manager starts it (make
     is told the venv and the model are up to date: it only runs the recipe)."""
 
@@ -50,7 +50,7 @@ class Demo:
     ) -> None:
         self.home = tmp_path / "var"
         args = ["--workers", "1", "--no-dashboard", "--rate", str(rate)]
-        argv = [sys.executable, "-m", "imgflow.launcher", "demo", *args]
+        argv = [sys.executable, "-m", "devstack.launcher", "demo", *args]
         if make:
             stamp, model = ".venv/.installed", "var/models/efficientnet-lite0/efficientnet-lite0.tflite"
             argv = [
@@ -221,8 +221,8 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image_or_a_coun
     from PIL import Image
     from pymongo import MongoClient
 
-    from imgflow.promotion import next_promotion, publish, read_current
     from imgflow.settings import Settings
+    from lifecycle.promote import next_promotion, publish, read_current
 
     rng = np.random.default_rng(7)
     # A limit one partition of the chain passes within a minute at 25 images/s (~6 records a
@@ -302,7 +302,7 @@ def test_a_full_embedded_broker_is_rolled_over_without_losing_an_image_or_a_coun
 
 
 def test_a_service_that_ignores_sigterm_is_killed_and_stop_goes_on(tmp_path: Path):
-    from imgflow.embedded import Service
+    from devstack.embedded import Service
 
     stubborn = Service("stubborn", 0, tmp_path / "stubborn.log", grace=0.5)
     ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
@@ -316,8 +316,8 @@ def test_a_service_that_ignores_sigterm_is_killed_and_stop_goes_on(tmp_path: Pat
 
 def test_a_carry_that_cannot_read_the_old_broker_writes_nothing_and_says_so(tmp_path: Path):
     """The roll goes on without the tables (the launcher says the counts start again)."""
-    from imgflow.embedded import free_port
-    from imgflow.launcher import TableCarrier
+    from devstack.embedded import free_port
+    from devstack.launcher import TableCarrier
 
     carrier = TableCarrier(f"127.0.0.1:{free_port()}", "imgflow-", tmp_path, timeout=60)
     assert carrier.read is None

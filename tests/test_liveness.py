@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faust.types import TP
 
-from imgflow.liveness import Progress, StallWatch
+from imgflow.faust_fixes.liveness import Progress, StallWatch
 
 P0, P1 = TP("paths", 0), TP("paths", 1)
 

@@ -1,4 +1,4 @@
-"""Promotion records and rollbacks (imgflow/promotion.py), without a broker."""
+"""Promotion records and rollbacks (imgflow/control.py), without a broker."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from imgflow.promotion import HISTORY, Promotion, next_promotion, rollback_of
+from imgflow.control import HISTORY, Promotion
 from imgflow.settings import Settings
+from lifecycle.promote import next_promotion, rollback_of
 from tests.tiny_model import redblue_spec
 
 

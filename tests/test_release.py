@@ -138,10 +138,10 @@ def test_the_core_runs_without_the_extras(tmp_path: Path) -> None:
         import imgflow, agents, tables  # noqa: F401
         # (dashboard/app.py is the page script panel serves: it reads MongoDB when run)
         import dashboard.board, dashboard.camera, dashboard.serve  # noqa: F401
-        from imgflow.embedded import MissingExtra, tansu_binary
+        from devstack.embedded import MissingExtra, tansu_binary
         from models.face_model import warm_up_image
         from models.spec import load_spec
-        from models.report import NO_PLOTS, render_html
+        from lifecycle.report import NO_PLOTS, render_html
         from simulator.dataset import write_dataset
 
         spec = load_spec(sys.argv[1])
@@ -184,7 +184,7 @@ def test_the_core_runs_without_the_extras(tmp_path: Path) -> None:
 
 
 def test_the_embedded_database_names_its_extra_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imgflow import embedded
+    from devstack import embedded
 
     monkeypatch.setattr(embedded.shutil, "which", lambda *args, **kwargs: None)
     with pytest.raises(embedded.MissingExtra, match=re.escape("imgflow[embedded]")):
@@ -212,7 +212,19 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     included) and the data files the code reads beside itself."""
     import zipfile
 
-    tops = ["imgflow", "agents", "tables", "models", "simulator", "dashboard"]
+    tops = [
+        "imgflow",
+        "agents",
+        "tables",
+        "models",
+        "lifecycle",
+        "sources",
+        "simulator",
+        "dashboard",
+        "web",
+        "cli",
+        "devstack",
+    ]
     # Built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
     source = tmp_path / "source"
     for top in tops:
@@ -237,7 +249,7 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     }
     assert {
         "models/efficientnet_lite/__init__.py",
-        "imgflow/cli/__init__.py",
+        "cli/__init__.py",
         "models/data/astronaut.jpg",
     } <= wanted
     missing = sorted(wanted - shipped)

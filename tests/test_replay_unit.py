@@ -10,9 +10,9 @@ import pytest
 from imgflow import tally
 from imgflow.queries import compare_models, model_versions, split_model
 from imgflow.records import ImagePath
-from imgflow.replay import Candidate, ReplayReport, Selection, parse_offsets, parse_time, replayed
-from imgflow.sources.publish import path_message, replay_headers
 from imgflow.storage import ensure_indexes
+from lifecycle.replay import Candidate, ReplayReport, Selection, parse_offsets, parse_time, replayed
+from sources.publish import path_message, replay_headers
 
 
 def test_parse_time_accepts_durations_and_iso():
@@ -134,7 +134,7 @@ def test_compare_models_on_known_disagreements(db):
 def test_failure_chunks_yield_every_retryable_dead_letter_once_in_bounded_chunks(db):
     import random
 
-    from imgflow.replay import failure_chunks
+    from lifecycle.replay import failure_chunks
 
     rng = random.Random(3)
     docs = []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.embedded import start_mongo
 from imgflow import tally
-from imgflow.embedded import start_mongo
 from simulator.dataset import write_dataset
 from tests.support import Pipeline, path_message, produce_raw, wait_until
 

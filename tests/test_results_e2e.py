@@ -9,7 +9,7 @@ import pytest
 
 from imgflow.records import Failure, ImageRef, Stored, dumps
 from imgflow.settings import Settings
-from imgflow.sources.results import ResultWatch, wait_for_results
+from sources.results import ResultWatch, wait_for_results
 from tests.support import Services, produce_raw
 
 pytestmark = pytest.mark.e2e

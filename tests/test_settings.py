@@ -100,7 +100,7 @@ def test_workers_sharing_a_machine_share_its_cores_for_the_model(monkeypatch):
     """make demo and the benchmark start N workers on one machine: each gets cores/N model threads."""
     import os
 
-    from imgflow.embedded import shared_cores
+    from devstack.embedded import shared_cores
 
     monkeypatch.delenv("IMGFLOW_MODEL_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})

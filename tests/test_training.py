@@ -1,4 +1,4 @@
-"""Training a head and evaluating a model (models/training.py, models/scoring.py, the commands).
+"""Training a head and evaluating a model (lifecycle/training.py, lifecycle/scoring.py, the commands).
 
 A tiny real Keras base (tests/tiny_model.py: average colour, then a dense layer) keeps these
 fast: its pooled features are an image's mean RGB, so warm and cool images separate.
@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.evaluation import Target
-from models.scoring import EvaluationError, evaluate_folder
-from models.spec import load_spec
-from models.training import (
+from lifecycle.evaluation import Target
+from lifecycle.scoring import EvaluationError, evaluate_folder
+from lifecycle.training import (
     FeatureCache,
     HeadOptions,
     TrainingError,
@@ -26,6 +25,7 @@ from models.training import (
     split,
     train,
 )
+from models.spec import load_spec
 from tests.support import Pipeline
 from tests.tiny_model import redblue_spec
 

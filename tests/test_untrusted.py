@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgflow.control import Promotion
 from imgflow.imaging import (
     ImageRejected,
     Limits,
@@ -29,7 +30,6 @@ from imgflow.imaging import (
     to_rgb,
 )
 from imgflow.objects import inside_object_roots
-from imgflow.promotion import Promotion
 from imgflow.records import (
     ImageRef,
     MalformedMessage,
@@ -38,9 +38,9 @@ from imgflow.records import (
     parse_image_path,
 )
 from imgflow.retry import OUTAGES, is_transient, retry
-from imgflow.safeio import ReadRefused, read_regular
 from imgflow.settings import Settings
 from models.registry import ModelNotRegistered, ModelRegistry
+from models.safeio import ReadRefused, read_regular
 from models.spec import ModelSpecError, load_spec
 from tests.images import dds_with_unknown_pixel_format, photo
 from tests.tiny_model import redblue_spec
@@ -151,8 +151,8 @@ def test_a_valid_control_record_round_trips():
 async def test_a_promotion_of_an_unregistered_model_is_refused_and_the_model_kept(tmp_path: Path):
     from concurrent.futures import ThreadPoolExecutor
 
+    from imgflow.control import ActiveModel
     from imgflow.metrics import METRICS
-    from imgflow.promotion import ActiveModel
     from models.registry import ModelCache
 
     default = redblue_spec(tmp_path / "m", name="m", version="1", labels=("a", "b"))
@@ -469,14 +469,14 @@ async def test_a_permanent_error_dead_letters_only_the_item_that_causes_it():
 
 
 def test_the_worker_sets_a_fixed_mmap_threshold_on_glibc():
-    from imgflow.worker import return_large_blocks
+    from imgflow.faust_fixes.worker import return_large_blocks
 
     assert return_large_blocks()  # this machine's libc is glibc; mallopt answers 1 on success
 
 
 def test_a_replayed_dead_letter_goes_to_the_current_default_not_the_model_it_named():
     from imgflow.records import Failure, dumps
-    from imgflow.replay import _item_from
+    from lifecycle.replay import _item_from
 
     dead = Failure(
         ref=ImageRef(image_id="i", path="/data/a.jpg", submitted_at=0.0, source="test"),
@@ -505,8 +505,8 @@ def test_frames_are_capped_in_total_whatever_the_number_of_sources(scratch_db):
 
 
 async def test_the_watchers_bucket_upload_reads_only_regular_files_inside_its_folders(tmp_path: Path):
-    from imgflow.sources.watcher.folder_watcher import FolderWatcher
-    from imgflow.sources.watcher.journal import Entry, Journal
+    from sources.watcher.folder_watcher import FolderWatcher
+    from sources.watcher.journal import Entry, Journal
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgflow.sources.upload import Refused, UploadSession, clean_name, sniff
+from sources.upload import Refused, UploadSession, clean_name, sniff
 
 
 def image_bytes(fmt: str, size: tuple[int, int] = (40, 30)) -> bytes:

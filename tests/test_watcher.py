@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from imgflow.records import ImagePath
-from imgflow.sources.watcher import (
+from sources.watcher import (
     Entry,
     FolderWatcher,
     Journal,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from imgflow.auth import auth_headers, needs_token, token_matches
 from imgflow.settings import Settings
-from imgflow.web.auth import auth_headers, needs_token, token_matches
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "post", "SEARCH"])

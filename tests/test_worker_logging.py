@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from imgflow.app import app
-from imgflow.worker import Worker
+from imgflow.faust_fixes.worker import Worker
 
 
 def test_the_app_runs_imgflows_worker():

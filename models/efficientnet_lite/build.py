@@ -1,6 +1,6 @@
 """Build the default model into a folder: network + weights -> artefacts, once, at set-up.
 
-The one entry point for every caller: ``faust -A imgflow build-model`` (imgflow/cli/model.py,
+The one entry point for every caller: ``faust -A imgflow build-model`` (cli/model.py,
 also run by ``make model`` and the Dockerfile), the demo launcher, the tests and the benchmarks.
 """
 

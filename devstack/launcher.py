@@ -1,0 +1,592 @@
+"""One command for the whole stack: ``python -m devstack.launcher demo`` (``make demo``).
+
+Starts what is not configured (an embedded Kafka-protocol broker unless
+``BROKER_URL`` is set, an embedded MongoDB-protocol server unless ``MONGO_URL``
+is set), builds the default model if missing, then runs N workers, the
+simulator and the dashboard as child processes. Ctrl-C (or SIGTERM) stops
+every process it started, newest first, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.embedded import (
+    Service,
+    free_port,
+    shared_cores,
+    start_broker,
+    start_mongo,
+    wait_for_port,
+    worker_argv,
+)
+from imgflow.settings import Settings
+
+log = logging.getLogger("devstack.launcher")
+
+BIN = Path(sys.executable).parent
+
+
+def port_or_free(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+@dataclass
+class Stack:
+    """Everything one launcher started, stopped in reverse order."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    services: list[Service] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)
+    #: Called with every exit check (about once a second): the broker memory watch.
+    checks: list[Callable[[], None]] = field(default_factory=list)
+
+    #: The embedded broker's watch, if the launcher started the broker.
+    watch: BrokerWatch | None = None
+    #: How each spawned child was started (name -> argv, port, extra env), to start it again.
+    specs: dict[str, tuple[list[str], int, dict[str, str]]] = field(default_factory=dict)
+
+    def spawn(self, name: str, argv: list[str], port: int = 0, env: dict[str, str] | None = None) -> Service:
+        self.specs[name] = (argv, port, env or {})
+        svc = Service(name, port, self.home / "logs" / f"{name}.log")
+        svc.start(argv, env={**self.env, **(env or {})})
+        self.services.append(svc)
+        return svc
+
+    def named(self, *prefixes: str) -> list[Service]:
+        return [svc for svc in self.services if svc.name.startswith(prefixes)]
+
+    def retire(self, svc: Service) -> None:
+        log.info("stopping %s (pid %s)", svc.name, svc.pid)
+        svc.stop()
+        self.services.remove(svc)
+        self.reported.discard(svc.name)
+
+    def roll_broker(self, settings: Settings, drain_timeout: float = 300.0) -> Service:
+        """Swap the embedded broker for a fresh one, losing nothing that was submitted.
+
+        The embedded broker keeps every record in memory without retention and reads a
+        partition in time that grows with what it holds (DESIGN section 8), so a long demo
+        would fill the machine and slow down. Every result is durable in MongoDB once stored,
+        so the launcher stops the inputs (watcher, simulator), waits until the workers have
+        committed past every record of the chain, stops them, reads the tables' changelogs
+        (compacted: the last value per key), starts an empty broker on the same port, writes
+        them there (positions rebased, devstack/rebase.py), clears the workers' local table state
+        (it belongs to the old changelogs) and starts everything again: the workers recover
+        the live window counts from the carried changelogs. The watcher's journal and the
+        simulator pick up where they were. A promoted default model (imgflow/control.py) is
+        carried over too.
+        """
+        from imgflow.broker import wait_for_broker
+        from imgflow.control import Promotion
+        from lifecycle import promote as promotion
+
+        on_broker = settings.model_copy(update={"broker_url": self.env["BROKER_URL"]})
+        [broker] = self.named("tansu")
+        inputs = self.named("watcher", "simulator")
+        workers = self.named("worker")
+        for svc in inputs:
+            self.retire(svc)
+        left = wait_drained(self.env["BROKER_URL"], settings, drain_timeout)
+        if left:
+            # A worker that cannot go on (see its log): the machine's memory comes first.
+            print(
+                f"!! the chain did not drain in {drain_timeout:.0f}s ({left} records not yet processed "
+                "are lost with the old broker); rolling over anyway",
+                flush=True,
+            )
+        for svc in workers:
+            self.retire(svc)
+        promoted = asyncio.run(promotion.read_current(on_broker))
+        carrier = TableCarrier(on_broker.bootstrap_servers[0], f"{settings.app_id}-", self.home / "logs")
+        index = self.services.index(broker)
+        self.retire(broker)
+        fresh = start_broker(self.home / "logs", port=broker.port)
+        self.services.insert(index, fresh)
+        carried = carrier.write()
+        if carried is None:
+            print(
+                f"!! the tables could not be carried over (see {carrier.log}): the live counts start again",
+                flush=True,
+            )
+        else:
+            print(f"   carried the tables over to the new broker ({carried:,} entries)", flush=True)
+        if promoted is not None:
+
+            async def carry(record: Promotion) -> None:
+                await wait_for_broker(on_broker.bootstrap_servers)
+                await promotion.publish(on_broker, record)
+
+            asyncio.run(carry(promoted))
+            print(f"   carried the promotion of {promoted.model} over to the new broker", flush=True)
+        for svc in workers:
+            data_dir = self.specs[svc.name][2].get("IMGFLOW_DATA_DIR")
+            if data_dir:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            again = self.respawn(svc.name)
+            assert again.proc is not None
+            wait_for_port(again.port, again.proc, 120, again.name)
+        for svc in inputs:
+            self.respawn(svc.name)
+        return fresh
+
+    def respawn(self, name: str) -> Service:
+        """Start a child again as it was first started."""
+        argv, port, env = self.specs[name]
+        return self.spawn(name, argv, port, env)
+
+    @property
+    def roll_due(self) -> bool:
+        return self.watch is not None and self.watch.due
+
+    def roll_if_due(self, settings: Settings) -> None:
+        if self.watch is not None and self.watch.due:
+            began = time.monotonic()
+            fresh = self.roll_broker(settings)
+            assert fresh.pid is not None
+            self.watch.rolled(fresh.pid, time.monotonic() - began)
+
+    def report_exits(self) -> None:
+        """Say once when a child ended on its own (a crash, or a finished simulator)."""
+        for svc in self.services:
+            code = svc.proc.poll() if svc.proc else None
+            if code is not None and svc.name not in self.reported:
+                self.reported.add(svc.name)
+                print(
+                    f"!! {svc.name} (pid {svc.pid}) exited with code {code}; see {svc.log_path}", flush=True
+                )
+        for check in self.checks:
+            check()
+
+    def stop(self) -> None:
+        for svc in reversed(list(self.services)):
+            self.retire(svc)
+
+
+class TableCarrier:
+    """``python -m devstack.carry`` for one roll-over: reads the tables' changelogs from the old
+    broker when made (blocks until it has them), writes them to the new one on :meth:`write`.
+
+    A child process, so the launcher's own memory never holds a table (it runs for days)."""
+
+    def __init__(self, bootstrap: str, prefix: str, logs: Path, timeout: float = 300.0) -> None:
+        import subprocess
+
+        self.log, self.timeout = logs / "carry.log", timeout
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as errors:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "devstack.carry", bootstrap, prefix],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                start_new_session=True,
+            )
+        assert self.proc.stdout is not None
+        self.read = self._number(self.proc.stdout.readline(), "read")
+
+    @staticmethod
+    def _number(line: str, word: str) -> int | None:
+        head, _, count = line.strip().partition(" ")
+        return int(count) if head == word and count.isdigit() else None
+
+    def write(self) -> int | None:
+        """Tell it to write (the new broker is started); the entries written, None if it failed."""
+        import subprocess
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        written = None
+        try:
+            if self.read is not None:
+                self.proc.stdin.write("write\n")
+                self.proc.stdin.flush()
+                written = self._number(self.proc.stdout.readline(), "wrote")
+            self.proc.stdin.close()
+            self.proc.wait(self.timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        return written if self.proc.returncode == 0 else None
+
+
+#: The chain's topics, each consumed by the app's consumer group.
+CHAIN = ("paths", "tensors", "predictions", "stored", "failed")
+
+
+def wait_drained(broker_url: str, settings: Settings, timeout: float) -> int:
+    """Records of the chain the app's group has not committed past, once that is 0 for three
+    readings a second apart or ``timeout`` has passed (-1: the broker did not say).
+
+    A record still inside a worker (read, not yet passed on) is committed only after its
+    output is published, so it shows as a backlog on one topic or the next.
+    """
+    from devstack.kafka import backlog
+
+    bootstrap = broker_url.split("://", 1)[-1]
+    topics = [settings.topic(stage) for stage in CHAIN]
+    deadline = time.monotonic() + timeout
+    zeros, waiting = 0, -1
+    while time.monotonic() < deadline:
+        try:  # called between result tails (Stack.roll_if_due): no event loop is running
+            waiting = asyncio.run(backlog(bootstrap, settings.app_id, topics, settings.partitions))
+        except Exception as exc:  # a topic not created yet, a broker hiccup: ask again
+            log.info("backlog unknown: %s", exc)
+            waiting = -1
+        zeros = zeros + 1 if waiting == 0 else 0
+        if zeros == 3:
+            return 0
+        time.sleep(1.0)
+    return waiting
+
+
+@dataclass
+class BrokerWatch:
+    """Say so (in this output and on the dashboard) when the embedded broker nears a limit.
+
+    The embedded broker keeps every record in memory and lists every record of a partition on
+    each read of it (DESIGN section 8), so both its memory and its CPU per image grow with what
+    it holds. Checked every ``every`` seconds: its memory beyond what it held once the stack was
+    up (``started_mb``) against ``warn_mb``, and the records of the fullest partition of the
+    chain (read by ``held``) against ``roll_records`` (0: not watched). Warned again each
+    time it grew another 10%, or with ``roll`` swapped for a fresh broker at the first limit.
+    """
+
+    pid: int
+    warn_mb: float
+    mongo_url: str
+    db_name: str
+    every: float = 10.0
+    #: Past a limit, ask for the broker to be swapped for a fresh one (``due``; the launcher's
+    #: loop calls ``Stack.roll_broker`` then :meth:`rolled`) instead of only warning.
+    roll: bool = False
+    due: bool = False
+    #: The broker's memory when the stack was up (None: take the first sample; after a roll
+    #: the fresh broker's first sample, once the workers have joined and made their topics).
+    started_mb: float | None = None
+    roll_records: int = 0
+    #: Reads the records the fullest partition of the chain holds (None: unknown just now).
+    held: Callable[[], int | None] = lambda: None
+    _due: float = 0.0
+    _warned: float = 0.0
+    _reached: str = ""
+
+    def __call__(self) -> None:
+        import psutil
+
+        from imgflow import notices
+
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.every
+        try:
+            rss_mb = psutil.Process(self.pid).memory_info().rss / 1e6
+        except psutil.Error:
+            return
+        if self.started_mb is None:
+            self.started_mb = rss_mb
+        message, size, reached = None, 0.0, ""
+        if rss_mb - self.started_mb >= self.warn_mb:
+            message, size = notices.broker_memory(rss_mb, self.warn_mb), rss_mb
+            reached = f"{rss_mb:,.0f} MB (limit {self.warn_mb:,.0f} MB)"
+        elif self.roll_records:
+            held = self.held()
+            if held is not None and held >= self.roll_records:
+                message, size = notices.broker_records(held, self.roll_records), float(held)
+                reached = f"{held:,} records in one partition (limit {self.roll_records:,})"
+        if message is None:
+            return
+        if self.roll:
+            if not self.due:
+                print(f"!! {message} Rolling over to a fresh broker now.", flush=True)
+                self.due, self._reached = True, reached
+            return
+        if size < self._warned * 1.1:
+            return
+        self._warned = size
+        print(f"!! {message}", flush=True)
+        self.post(message)
+
+    def rolled(self, pid: int, seconds: float) -> None:
+        """The broker was swapped for a fresh one (``pid``): say so, and watch that one."""
+        from imgflow import notices
+
+        message = notices.broker_rolled(self._reached)
+        print(f"!! {message} ({seconds:.0f}s)", flush=True)
+        self.post(message, level="info")
+        self.pid, self.due, self._warned = pid, False, 0.0
+        self.started_mb = None  # measured at the next check, a full interval from now
+        self._due = time.monotonic() + self.every
+
+    def post(self, message: str, level: str = "warning") -> None:
+        from imgflow import notices
+        from imgflow.mongo import connect
+
+        client = connect(self.mongo_url, serverSelectionTimeoutMS=2000)
+        try:
+            notices.post(client[self.db_name], "broker-memory", message, level=level)
+        except Exception as exc:  # the output has it; the dashboard is a second channel
+            log.warning("could not post the broker notice: %s", exc)
+        finally:
+            client.close()
+
+
+def chain_held(bootstrap: str, settings: Settings) -> Callable[[], int | None]:
+    """A reader of the records the fullest partition of the chain holds (for :class:`BrokerWatch`).
+
+    It asks the broker in a thread of its own: the watch is called from inside the launcher's
+    result tail (an event loop) as well as outside it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devstack.kafka import largest_partition
+
+    topics = [settings.topic(stage) for stage in CHAIN]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="broker-held")
+
+    def held() -> int | None:
+        future = pool.submit(asyncio.run, largest_partition(bootstrap, topics, settings.partitions))
+        try:
+            return future.result(timeout=30)
+        except Exception as exc:  # a broker just starting, a hiccup: the next check asks again
+            log.info("records held unknown: %s", exc)
+            return None
+
+    return held
+
+
+def broker_warn_mb(settings: Settings) -> float:
+    import psutil
+
+    return settings.broker_memory_warn_mb or psutil.virtual_memory().total / 1e6 / 4
+
+
+def start_infrastructure(stack: Stack, settings: Settings) -> None:
+    logs = stack.home / "logs"
+    if os.environ.get("BROKER_URL"):
+        stack.env["BROKER_URL"] = os.environ["BROKER_URL"]
+    else:
+        broker = start_broker(logs, port=port_or_free(9092))
+        stack.services.append(broker)
+        stack.env["BROKER_URL"] = broker.url
+    if os.environ.get("MONGO_URL"):
+        stack.env["MONGO_URL"] = os.environ["MONGO_URL"]
+    else:
+        mongo = start_mongo(
+            stack.home / "mongo", logs, port=port_or_free(27017), cache_size=settings.mongo_cache_size
+        )
+        stack.services.append(mongo)
+        stack.env["MONGO_URL"] = mongo.url
+
+
+def ensure_model(settings: Settings) -> Path:
+    spec = settings.model_spec_path
+    if settings.model is None:
+        from models.efficientnet_lite import build_default_model
+
+        # Once: returns at once when the folder holds the current default (TFLite) model.
+        build_default_model(spec.parent)
+    if not spec.exists():
+        raise SystemExit(f"model spec not found: {spec} (set IMGFLOW_MODEL)")
+    return spec
+
+
+async def tail_stored(
+    settings: Settings, started: float | None, check: Callable[[], None], until: Callable[[], bool]
+) -> bool:
+    """Print each stored result as it lands (the one result reader, not a poll), until
+    ``until()`` (a broker roll-over is due). Whether the first result was printed
+    (``started``: not yet, and when the launcher started)."""
+    from imgflow.records import MalformedMessage, Stored, parse
+    from sources.results import ResultReader
+
+    async with ResultReader(settings, kinds=("stored",)) as reader:
+        while True:
+            check()
+            if until():
+                break
+            for _, value in await reader.read(1.0):
+                with suppress(MalformedMessage):
+                    stored = parse(Stored, value)
+                    if started is not None:
+                        print(f"first result stored {time.monotonic() - started:.1f}s after start")
+                        started = None
+                    print(
+                        f"stored {stored.image_id[:12]}  {stored.label:<28} "
+                        f"{stored.score:.2f}  {stored.model} {stored.model_version}",
+                        flush=True,
+                    )
+    return started is None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.launcher")
+    parser.add_argument("command", choices=["demo"], help="what to run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=5.0, help="simulator images/s")
+    parser.add_argument("--no-dashboard", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="do not print each stored result")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    settings = Settings()
+    home = settings.home.resolve()
+    started = time.monotonic()
+    stack = Stack(home=home, env={"IMGFLOW_HOME": str(home)})
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # The first Ctrl-C (or SIGTERM) stops everything; more of them while that runs are
+        # noted, not raised into the middle of the stop (which would leave children running).
+        signal.signal(signal.SIGTERM, still_stopping)
+        signal.signal(signal.SIGINT, still_stopping)
+        raise KeyboardInterrupt
+
+    def still_stopping(signum: int, _frame: object) -> None:
+        print("already stopping; waiting for every service to exit", flush=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C too, explicitly: a process started in the background by a non-interactive shell
+    # (nohup, CI scripts) inherits SIGINT ignored, and Python then leaves it ignored.
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        embedded_broker = not os.environ.get("BROKER_URL")
+        if embedded_broker:
+            # The embedded broker keeps every record in memory, without retention: the pixels
+            # travel beside the messages, in MongoDB (imgflow/tensors.py), unless told otherwise.
+            stack.env["IMGFLOW_TENSOR_STORE"] = os.environ.get("IMGFLOW_TENSOR_STORE", "mongo")
+        start_infrastructure(stack, settings)
+        broker = next((svc for svc in stack.services if svc.name == "tansu"), None)
+        if broker is not None and broker.pid is not None:
+            from imgflow import notices
+            from imgflow.mongo import connect
+
+            client = connect(stack.env["MONGO_URL"])
+            notices.clear(client[settings.mongo_db], "broker-memory")  # a new broker starts empty
+            client.close()
+
+            stack.watch = BrokerWatch(
+                broker.pid,
+                broker_warn_mb(settings),
+                stack.env["MONGO_URL"],
+                settings.mongo_db,
+                roll=settings.broker_roll,
+                roll_records=settings.broker_roll_records,
+                held=chain_held(stack.env["BROKER_URL"].split("://", 1)[-1], settings),
+            )
+            stack.checks.append(stack.watch)
+        ensure_model(settings)
+        from simulator.dataset import write_dataset
+
+        dataset = write_dataset(settings.dataset_path.resolve())
+        faust_bin = str(BIN / "faust")
+        inbox = home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        # Workers read only inside their image roots; the watcher below is given the inbox as an
+        # argument, so the workers are told about it here (the dataset is under IMGFLOW_HOME).
+        stack.env["IMGFLOW_IMAGE_ROOTS"] = ",".join(filter(None, [settings.image_roots, str(inbox)]))
+        web_ports = []
+        for i in range(args.workers):
+            port = port_or_free(settings.web_port + i)
+            web_ports.append(port)
+            # RocksDB locks a data dir per process: worker N keeps its own across demos, under
+            # IMGFLOW_DATA_DIR if set, else IMGFLOW_HOME/faust.
+            data_dir = (settings.data_dir or home / "faust") / f"worker{i + 1}"
+            if embedded_broker:
+                # A new embedded broker starts empty (memory only): tables kept from the last
+                # one are ahead of its changelogs, and Faust refuses to start on them.
+                shutil.rmtree(data_dir, ignore_errors=True)
+            stack.spawn(
+                f"worker{i + 1}",
+                worker_argv(port),
+                port,
+                env={"IMGFLOW_DATA_DIR": str(data_dir), **shared_cores(args.workers)},
+            )
+        stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
+        stack.spawn(
+            "simulator",
+            [
+                faust_bin,
+                "-A",
+                "imgflow",
+                "simulate",
+                "--rate",
+                str(args.rate),
+                "--folder",
+                str(settings.dataset_path.resolve()),
+            ],
+        )
+        dash_port = 0
+        dash_auth = ""
+        if not args.no_dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists():
+            from dashboard.serve import AuthConfigError, serve_command
+
+            dash_port = port_or_free(5006)
+            origins = [f"127.0.0.1:{dash_port}", f"localhost:{dash_port}"]
+            try:
+                # Basic auth when IMGFLOW_DASHBOARD_AUTH_FILE is set (README "Security"), else open.
+                dash_argv, dash_env = serve_command(
+                    settings, address="127.0.0.1", port=dash_port, origins=origins
+                )
+            except AuthConfigError as exc:
+                raise SystemExit(f"dashboard: {exc}") from None
+            dash_auth = " (login required)" if dash_env else ""
+            if not os.environ.get("IMGFLOW_WORKER_URLS"):
+                # The workers it started, on the ports they got: the default (6066) may be another
+                # stack's worker, or nobody, when that port was taken.
+                urls = ",".join(f"http://127.0.0.1:{port}" for port in web_ports)
+                dash_env = {"IMGFLOW_WORKER_URLS": urls, **dash_env}
+            stack.spawn("dashboard", dash_argv, dash_port, env=dash_env)
+        print(
+            "\nimgflow demo is running (Ctrl-C stops everything):\n"
+            f"  broker      {stack.env['BROKER_URL']}\n"
+            f"  mongodb     {stack.env['MONGO_URL']}  database {settings.mongo_db}\n"
+            f"  dataset     {len(dataset)} images in {settings.dataset_path}\n"
+            + "".join(f"  worker {i + 1}    http://127.0.0.1:{p}/health/\n" for i, p in enumerate(web_ports))
+            + (f"  dashboard   http://127.0.0.1:{dash_port}/app{dash_auth}\n" if dash_port else "")
+            + f"  inbox       drop images into {inbox} (watched folder)\n"
+            + f"  logs        {home / 'logs'}\n"
+            f"  results     MONGO_URL={stack.env['MONGO_URL']} {BIN / 'faust'} -A imgflow latest\n",
+            flush=True,
+        )
+        for svc in stack.services:
+            if svc.name.startswith("worker") and svc.proc is not None:
+                wait_for_port(svc.port, svc.proc, 120, svc.name)
+        tail = Settings(BROKER_URL=stack.env["BROKER_URL"])
+        first: float | None = started
+        while True:
+            # Outside the result tail's loop: its reader is closed while the old broker is up.
+            stack.roll_if_due(settings)
+            if args.quiet:
+                stack.report_exits()
+                time.sleep(1)
+            elif asyncio.run(tail_stored(tail, first, stack.report_exits, lambda: stack.roll_due)):
+                first = None
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
