@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL_SPEC := var/models/efficientnet-lite0/efficientnet-lite0.tflite
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock model browser schemas demo screenshots test test-fast fuzz lint format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
+.PHONY: help install lock model browser schemas demo screenshots test test-fast fuzz lint docs format bench bench-dashboard bench-frames bench-autoscale bench-recovery soak soak-memory clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -60,10 +60,15 @@ fuzz: $(STAMP) $(MODEL_SPEC) ## 10,000 generated messages per topic through the 
 	IMGFLOW_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/test_fuzz.py
 	IMGFLOW_FUZZ_E2E_MESSAGES=2000 $(BIN)/python -m pytest -q tests/test_hostile_e2e.py -k generated
 
-lint: $(STAMP) ## ruff lint and format check, mypy (strict on the core; see pyproject.toml)
+lint: $(STAMP) ## ruff, mypy (strict on the core and agents), import-linter (the layers), mkdocs build --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --quiet
+
+docs: $(STAMP) ## Serve the documentation site on http://127.0.0.1:8000 (mkdocs, live reload)
+	$(BIN)/mkdocs serve
 
 format: $(STAMP) ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .
