@@ -2,8 +2,9 @@
 
 Batches tensors, runs one model call per batch in a dedicated thread so the
 event loop keeps heart-beating, and emits one prediction per image with the
-model name and version that made it. A face model (``output = "faces"``) answers
-with the faces it found, each named after the nearest enrolled person.
+model name and version that made it. Every model answers through one interface
+(models/answers.py): the stage names no kind of model; what a kind adds (a face model's
+faces) is copied into the prediction as the model gives it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from faust.types import EventT, TopicT
@@ -29,8 +29,7 @@ from imgflow.records import DecodedImage, Prediction, dumps, parse_tensor
 from imgflow.retry import retry
 from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, predictions_topic, tensors_topic
-from models.backends import Classifier
-from models.face_model import describe_faces, face_answer
+from models.answers import Answer, Context, Model
 from models.registry import ModelCache, ModelRegistry, registry_for
 from models.spec import ModelSpec
 
@@ -72,23 +71,6 @@ def to_array(item: Tensor, expected: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(item.pixels, dtype=np.uint8).reshape(shape)
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A model's answer for one image, as a prediction carries it."""
-
-    label: str
-    score: float
-    top_k: list[dict[str, Any]]
-    faces: list[dict[str, Any]] | None = None
-
-
-def answers_of(results: list[list[tuple[str, float]]]) -> list[Answer]:
-    return [
-        Answer(top[0][0], float(top[0][1]), [{"label": label, "score": float(score)} for label, score in top])
-        for top in results
-    ]
-
-
 def predictions_for(
     items: list[DecodedImage],
     answers: list[Answer],
@@ -96,56 +78,42 @@ def predictions_for(
     inference_ms: float,
 ) -> list[Prediction]:
     now = time.time()
-    out = []
-    for item, answer in zip(items, answers, strict=True):
-        out.append(
-            Prediction(
-                ref=item.ref,
-                predicted_at=now,
-                label=answer.label,
-                score=answer.score,
-                top_k=answer.top_k,
-                model=spec.name,
-                model_version=spec.version,
-                inference_ms=inference_ms,
-                batch_size=len(items),
-                meta=item.meta,
-                attrs=item.attrs,
-                faces=answer.faces,
-            )
+    return [
+        Prediction(
+            ref=item.ref,
+            predicted_at=now,
+            label=answer.label,
+            score=answer.score,
+            top_k=answer.top_k,
+            model=spec.name,
+            model_version=spec.version,
+            inference_ms=inference_ms,
+            batch_size=len(items),
+            meta=item.meta,
+            attrs=item.attrs,
+            **answer.details,
         )
-    return out
-
-
-async def answer_group(
-    items: list[DecodedImage], batch: np.ndarray, model: Any, thread: Executor, people: People | None
-) -> list[Answer]:
-    """One model call in the model's thread; a face model's faces named after enrolled people."""
-    loop = asyncio.get_running_loop()
-    spec: ModelSpec = model.spec
-    if spec.output != "faces":
-        return answers_of(await loop.run_in_executor(thread, model.predict, batch))
-    hits = await loop.run_in_executor(thread, model.faces, batch)
-    known = await people.of(spec.name, spec.version) if people is not None else []
-    answers = []
-    for item, found in zip(items, hits, strict=True):
-        faces = describe_faces(found, (item.meta.width, item.meta.height), spec, known, model.match_threshold)
-        label, score, top = face_answer(faces, spec.top_k)
-        answers.append(Answer(label, score, top, faces))
-    return answers
+        for item, answer in zip(items, answers, strict=True)
+    ]
 
 
 async def classify_group(
     items: list[DecodedImage],
     arrays: list[np.ndarray],
-    model: Classifier,
+    model: Model,
     thread: Executor,
     people: People | None = None,
 ) -> tuple[list[Prediction], list[tuple[DecodedImage, Exception]]]:
     """One model call for the group (in the model's thread); if the model rejects it, isolate the culprits."""
     started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    context = Context(
+        run=partial(loop.run_in_executor, thread),
+        sizes=[(item.meta.width, item.meta.height) for item in items],
+        known=people.of if people is not None else None,
+    )
     try:
-        answers = await answer_group(items, np.stack(arrays), model, thread, people)
+        answers = await model.answer(np.stack(arrays), context)
         elapsed = (time.perf_counter() - started) * 1000
         METRICS.inference.labels(model.spec.key).observe(elapsed / 1000)
         METRICS.classified.labels(model.spec.key).inc(len(items))

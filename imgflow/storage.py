@@ -32,6 +32,7 @@ from imgflow.records import Failure, Prediction
 from imgflow.retry import retry
 from imgflow.tally import FAILURES, IMAGES, Tally, predictions_key, sweep
 from imgflow.tally import INDEXES as TALLY_INDEXES
+from models.answers import DETAIL_FIELDS, stored_details
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +233,9 @@ def prediction_ops(
 
 
 def _result(p: Prediction, embeddings: bool = True) -> dict[str, Any]:
-    """A prediction as stored; a face model's faces too (``embeddings``: with their vectors,
-    which only ``predictions`` keeps: ``images`` shows the faces, it does not search them)."""
-    faces = {}
-    if p.faces is not None:
-        faces = {"faces": p.faces if embeddings else [_without(f, "embedding") for f in p.faces]}
+    """A prediction as stored, with the details its kind of model adds (models/answers.py;
+    ``embeddings``: with their vectors, which only ``predictions`` keeps: ``images`` shows
+    the details, it does not search them)."""
     return {
         "label": p.label,
         "score": p.score,
@@ -246,12 +245,8 @@ def _result(p: Prediction, embeddings: bool = True) -> dict[str, Any]:
         "requested_at": when(p.submitted_at),
         "predicted_at": when(p.predicted_at),
         "rank": recency(p),
-        **faces,
+        **stored_details({name: getattr(p, name) for name in DETAIL_FIELDS}, full=embeddings),
     }
-
-
-def _without(doc: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k != key}
 
 
 def failure_ops(failures: Iterable[Failure], token: str | None = None) -> list[UpdateOne]:

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from .answers import Answer, Context, Model, ranked_answers
 from .preprocess import TopK, interpret, normalize
 from .spec import ModelError, ModelLoadError, ModelSpec, ModelSpecError
 
-__all__ = ["Classifier", "ModelLoadError", "load_classifier"]
+__all__ = ["Classifier", "ModelLoadError", "load_classifier", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,10 @@ class Classifier:
             return []
         return interpret(self.predict_raw(batch), self.spec)
 
+    async def answer(self, batch: np.ndarray, context: Context) -> list[Answer]:
+        """The plug-in interface (models/answers.py): one call in the model's thread."""
+        return ranked_answers(await context.run(self.predict, batch))
+
 
 def _check_artefact(spec: ModelSpec) -> None:
     path = spec.artefact
@@ -267,6 +272,15 @@ def _check_output(spec: ModelSpec, shape: Shape) -> None:
         raise ModelSpecError(f"{spec.key}: a sigmoid model must give one score per image, it gives {shape}")
 
 
+def load_model(spec: ModelSpec, threads: int | None = None) -> Model:
+    """Any model plug-in a spec names, loaded and warmed up: what the model cache holds."""
+    if spec.output == "faces":  # the built-in detector + embedder, weights in its packages
+        from models.face_model import load_face_model
+
+        return load_face_model(spec, threads)
+    return load_classifier(spec, threads=threads)
+
+
 def load_classifier(spec: ModelSpec, *, warm_up: bool = True, threads: int | None = None) -> Classifier:
     """Load the spec's artefact with the backend its ``format`` names.
 
@@ -278,10 +292,8 @@ def load_classifier(spec: ModelSpec, *, warm_up: bool = True, threads: int | Non
     for graph tracing and a broken model fails here, at start, not on the first message.
     Safe to call from a worker thread.
     """
-    if spec.format == "faces":  # the built-in detector + embedder, weights in its packages
-        from models.face_model import load_face_model
-
-        return load_face_model(spec, threads)  # type: ignore[return-value]
+    if spec.format == "faces":
+        raise ModelSpecError(f"{spec.key}: a face model answers with faces (load it with load_model)")
     _check_artefact(spec)
     started = time.perf_counter()
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from models.answers import Answer, Context
 from models.preprocess import letterbox_scale
 from models.spec import ModelSpec
 
@@ -57,6 +58,18 @@ class FaceModel:
         with self._lock:
             hits: list[list[Any]] = self.engine.faces(list(batch))
         return hits
+
+    async def answer(self, batch: np.ndarray, context: Context) -> list[Answer]:
+        """The plug-in interface (models/answers.py): the faces found in the model's thread,
+        each named after the nearest known person; the most confident face names the image."""
+        hits = await context.run(self.faces, batch)
+        known = await context.known(self.spec.name, self.spec.version) if context.known is not None else []
+        answers = []
+        for found, size in zip(hits, context.sizes, strict=True):
+            faces = describe_faces(found, size, self.spec, known, self.match_threshold)
+            label, score, top = face_answer(faces, self.spec.top_k)
+            answers.append(Answer(label, score, top, {"faces": faces}))
+        return answers
 
 
 def load_face_model(spec: ModelSpec, threads: int | None = None) -> FaceModel:

@@ -20,7 +20,8 @@ from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
 
-from models.backends import Classifier, load_classifier
+from models.answers import Model
+from models.backends import load_model
 from models.spec import SPEC_SUFFIXES, ModelSpec, ModelSpecError, load_spec
 
 log = logging.getLogger(__name__)
@@ -192,10 +193,10 @@ class ModelCache:
         self.executor = executor
         self.threads = threads
         self.max_models = max_models
-        self._models: OrderedDict[str, Classifier] = OrderedDict()
+        self._models: OrderedDict[str, Model] = OrderedDict()
         self._lock = asyncio.Lock()
 
-    async def get(self, spec: ModelSpec) -> Classifier:
+    async def get(self, spec: ModelSpec) -> Model:
         key = str(spec.spec_path)
         async with self._lock:
             if key in self._models:
@@ -203,7 +204,7 @@ class ModelCache:
                 return self._models[key]
             loop = asyncio.get_running_loop()
             log.info("loading model %s from %s", spec.key, spec.artefact)
-            load = partial(load_classifier, spec, threads=self.threads)
+            load = partial(load_model, spec, threads=self.threads)
             model = await loop.run_in_executor(self.executor, load)
             self._models[key] = model
             while len(self._models) > self.max_models:

@@ -119,7 +119,7 @@ async def check_partitions(app: Any, watch: StallWatch) -> None:
     """One check: re-seek the partitions ``watch`` finds stalled (module docstring)."""
     from imgflow.faust_fixes.consumer import reseek
 
-    if app.rebalancing or not app.tables.recovery.completed.is_set():  # app is Any: Faust's concrete TableManager
+    if app.rebalancing or not app.tables.recovery.completed.is_set():  # Any: Faust's TableManager
         return
     consumer: Any = app.consumer  # Faust's concrete Consumer (see in_flight)
     stalled = watch.observe(time.monotonic(), observe_consumer(app, consumer))
