@@ -25,12 +25,11 @@ from faust.types import EventT, TopicT
 from agents.stage import Outcome, Stage
 from imgflow.annotate import annotated_jpeg
 from imgflow.app import app, settings
-from imgflow.frames import FrameStore, frame_key, is_frame
-from imgflow.imaging import ImageRejected, decode_limits, read_file
+from imgflow.frames import FrameStore
+from imgflow.imaging import ImageRejected, decode_limits
 from imgflow.metrics import METRICS
-from imgflow.objects import is_uri, read_object, require_object_root
+from imgflow.originals import Origins, read_original
 from imgflow.records import RECORD_HEADER, Prediction, parse
-from imgflow.roots import require_inside_roots
 from imgflow.topics import annotated_topic, predictions_topic
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,9 @@ class Annotator:
 
     def original(self, path: str) -> bytes | None:
         try:
-            if is_frame(path):
-                return self.frames.get(frame_key(path)[1]) if self.frames is not None else None
-            if is_uri(path):
-                return read_object(require_object_root(path, settings.object_roots), self.limits)
-            return read_file(require_inside_roots(path, self.roots), self.limits, self.roots)
+            return read_original(path, Origins(self.roots, settings.object_roots, self.frames), self.limits)[
+                0
+            ]
         except ImageRejected:
             return None
 

@@ -35,13 +35,11 @@ from imgflow.imaging import (
     MemoryBudget,
     decode_data,
     decode_limits,
-    read_file,
 )
 from imgflow.metrics import METRICS
-from imgflow.objects import is_uri, read_object, require_object_root
+from imgflow.originals import Origins, read_original
 from imgflow.records import DecodedImage, ImageMeta, ImagePath, message_id, parse_image_path, tensor_message
 from imgflow.retry import retry
-from imgflow.roots import require_inside_roots
 from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, frames_topic, paths_topic, tensors_topic
 from models.registry import ModelRegistry, registry_for
@@ -76,20 +74,13 @@ def decode_one(
     for ``default_model``; one pinned to a model gets it only if it is registered
     (models/registry.py): a message names a model, it never makes a worker open a file.
     """
-    if is_frame(item.path):
+    if is_frame(item.path) and data is not None:  # a frame's bytes, in its message
         name = str(item.attrs.get("file_name") or frame_key(item.path)[1])
-        if data is None:
-            if frames is None:
-                raise ImageRejected("frame_gone", "this stage keeps no frames to decode a frame:// path from")
-            data = frames.read(item.path)
-    elif is_uri(item.path):  # an object store (imgflow/objects.py): the same roots rule, limits, kinds
-        uri = require_object_root(item.path, settings.object_roots)
-        name = uri.rsplit("/", 1)[-1]
-        data = read_object(uri, limits)
-    else:
-        real = require_inside_roots(item.path, roots)
-        data = read_file(real, limits, roots)
-        name = Path(item.path).name  # the name it was sent as, not a link's target
+    else:  # a file, an object or a kept frame (a replay): read by the one rule for all three
+        origins = Origins(roots, settings.object_roots, frames)
+        data, name = read_original(item.path, origins, limits)
+        if is_frame(item.path):
+            name = str(item.attrs.get("file_name") or name)
     registry = registry or registry_for(settings.model_dir_paths, settings.model_spec_path)
     spec = registry.resolve(item.model or default_model)
     decoded: DecodedFile = decode_data(

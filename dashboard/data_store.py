@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from dashboard import feedback
 from dashboard.feed import LiveFeed
-from dashboard.previews import THUMB_PX, faces_drawn, frame_preview_jpeg, object_preview_jpeg, preview_jpeg
+from dashboard.previews import THUMB_PX, faces_drawn, preview
 from dashboard.queries import (
     ALL,
     compare_models,
@@ -38,10 +38,11 @@ from dashboard.queries import (
     recent_failures,
 )
 from dashboard.stats import counted
-from imgflow.frames import is_frame
-from imgflow.objects import is_uri
+from imgflow.frames import FrameStore
+from imgflow.originals import Origins
 from imgflow.ranges import Cursor, Guide, cursor_of
 from imgflow.rates import History
+from imgflow.settings import get_settings
 from imgflow.tally import model_versions_of
 
 #: Time-range presets of the filter, in seconds back from now (None: no limit).
@@ -281,14 +282,9 @@ class DataStore(param.Parameterized):
 
     def thumbnail(self, doc: dict[str, Any], px: int = THUMB_PX) -> bytes | None:
         max_bytes, max_pixels = self._limits()
-        path = doc.get("path")
-        if is_frame(path):  # kept in MongoDB, not in a folder (imgflow/frames.py)
-            return frame_preview_jpeg(self.db, path, px, max_pixels)
-        if is_uri(path):  # an object store (imgflow/objects.py)
-            from imgflow.settings import get_settings
-
-            return object_preview_jpeg(path, get_settings().object_roots, px, max_bytes, max_pixels)
-        return preview_jpeg(path, self.roots, px, max_bytes, max_pixels)
+        settings = get_settings()
+        origins = Origins(self.roots, settings.object_roots, FrameStore(self.db, keep=1))
+        return preview(doc.get("path"), origins, px, max_bytes, max_pixels)
 
     def picture(self, doc: dict[str, Any], px: int) -> bytes | None:
         """The detail view's preview: a face model's boxes and names drawn on it."""

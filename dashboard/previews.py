@@ -2,7 +2,7 @@
 
 The browser never gets a file URL: a preview is read here, inside the allowed
 folders only (the decode stage's own check), scaled to the size shown and
-embedded in the page. Renders are cached by path, modification time and size,
+embedded in the page. Renders are cached by path, size and the file's modification time,
 so a refresh that shows the same page decodes nothing again.
 """
 
@@ -12,8 +12,11 @@ import io
 import logging
 import os
 from collections.abc import Iterable
-from functools import lru_cache
 from pathlib import Path
+
+from imgflow.frames import FrameStore
+from imgflow.imaging import ImageRejected, Limits
+from imgflow.originals import Origins, read_original, revision
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +60,38 @@ def _scaled(im, px: int, max_pixels: int) -> bytes | None:
     return buf.getvalue()
 
 
-@lru_cache(maxsize=1024)
-def _render(path: str, mtime_ns: int, size: int, px: int, max_bytes: int, max_pixels: int) -> bytes | None:
-    from models.safeio import ReadRefused, read_regular
-
-    if size > max_bytes:
+def preview(
+    path: str | None,
+    origins: Origins,
+    px: int = THUMB_PX,
+    max_bytes: int = 50 * 2**20,
+    max_pixels: int = 64_000_000,
+) -> bytes | None:
+    """JPEG bytes of any original (a file inside the roots, an object under an object root, a
+    kept frame: imgflow/originals.py, the decode stage's own rules) scaled to fit ``px``, or
+    None if it is not allowed or not readable. Cached by path, size and revision."""
+    if not path:
         return None
+    key = (path, px, revision(path))
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
     try:  # a regular file, not a link, never past the limit (a FIFO swapped in cannot hang a page)
-        data = read_regular(path, max_bytes)
-    except ReadRefused as exc:
+        data, _name = read_original(path, origins, Limits(max_file_bytes=max_bytes, max_pixels=max_pixels))
+    except ImageRejected as exc:
         log.debug("no preview for %s: %s", path, exc)
         return None
-    return render_bytes(data, px, max_pixels)
+    jpeg = render_bytes(data, px, max_pixels)
+    if jpeg is not None:
+        if len(_cache) >= CACHE:
+            _cache.pop(next(iter(_cache)))
+        _cache[key] = jpeg
+    return jpeg
+
+
+#: Rendered previews, oldest first out: a page of the gallery asks for the same ones again.
+CACHE = 1024
+_cache: dict[tuple[str, int, tuple[int, int] | None], bytes] = {}
 
 
 def render_bytes(data: bytes, px: int, max_pixels: int = 64_000_000) -> bytes | None:
@@ -83,63 +106,6 @@ def render_bytes(data: bytes, px: int, max_pixels: int = 64_000_000) -> bytes | 
         return None
 
 
-def frame_preview_jpeg(db, path: str, px: int = THUMB_PX, max_pixels: int = 64_000_000) -> bytes | None:
-    """The preview of a ``frame://`` path from MongoDB ``frames`` (imgflow/frames.py), or
-    None once the frame is no longer kept. Renders are cached by frame (frames never change)."""
-    from imgflow.frames import FrameStore, frame_key
-
-    try:
-        _source, image_id = frame_key(path)
-    except ValueError:
-        return None
-    cached = _frame_cache.get((image_id, px))
-    if cached is not None:
-        return cached
-    data = FrameStore(db, keep=1).get(image_id)
-    if data is None:
-        return None
-    jpeg = render_bytes(data, px, max_pixels)
-    if jpeg is not None:
-        _remember((image_id, px), jpeg)
-    return jpeg
-
-
-#: Rendered frame and object previews, oldest first out: a page of the gallery asks for the
-#: same ones again. Keyed by frame id or URI (an uploaded object's key is never reused).
-FRAME_CACHE = 512
-_frame_cache: dict[tuple[str, int], bytes] = {}
-
-
-def _remember(key: tuple[str, int], jpeg: bytes) -> None:
-    if len(_frame_cache) >= FRAME_CACHE:
-        _frame_cache.pop(next(iter(_frame_cache)))
-    _frame_cache[key] = jpeg
-
-
-def object_preview_jpeg(
-    uri: str, roots: list[str], px: int = THUMB_PX, max_bytes: int = 50 * 2**20, max_pixels: int = 64_000_000
-) -> bytes | None:
-    """The preview of an object-store image (imgflow/objects.py), only under an object root."""
-    from imgflow.imaging import ImageRejected, Limits
-    from imgflow.objects import inside_object_roots, read_object
-
-    clean = inside_object_roots(uri, roots)
-    if clean is None:
-        return None
-    cached = _frame_cache.get((clean, px))
-    if cached is not None:
-        return cached
-    try:
-        data = read_object(clean, Limits(max_file_bytes=max_bytes, max_pixels=max_pixels))
-    except ImageRejected as exc:
-        log.debug("no preview for %s: %s", uri, exc)
-        return None
-    jpeg = render_bytes(data, px, max_pixels)
-    if jpeg is not None:
-        _remember((clean, px), jpeg)
-    return jpeg
-
-
 def preview_jpeg(
     path: str | None,
     roots: Iterable[Path],
@@ -147,15 +113,20 @@ def preview_jpeg(
     max_bytes: int = 50 * 2**20,
     max_pixels: int = 64_000_000,
 ) -> bytes | None:
-    """JPEG bytes of the image at ``path`` scaled to fit ``px``, or None if not allowed/readable."""
-    real = safe_image_path(path, roots)
-    if real is None:
-        return None
-    try:
-        st = real.stat()
-    except OSError:
-        return None
-    return _render(str(real), st.st_mtime_ns, st.st_size, px, max_bytes, max_pixels)
+    """The preview of a file inside ``roots``."""
+    return preview(path, Origins(list(roots)), px, max_bytes, max_pixels)
+
+
+def frame_preview_jpeg(db, path: str, px: int = THUMB_PX, max_pixels: int = 64_000_000) -> bytes | None:
+    """The preview of a ``frame://`` path from MongoDB ``frames``, or None once it is not kept."""
+    return preview(path, Origins((), (), FrameStore(db, keep=1)), px, max_pixels=max_pixels)
+
+
+def object_preview_jpeg(
+    uri: str, roots: list[str], px: int = THUMB_PX, max_bytes: int = 50 * 2**20, max_pixels: int = 64_000_000
+) -> bytes | None:
+    """The preview of an object-store image, only under an object root."""
+    return preview(uri, Origins((), roots), px, max_bytes, max_pixels)
 
 
 def faces_drawn(preview: bytes, faces: list[dict], original_width: int) -> bytes:
