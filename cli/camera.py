@@ -15,12 +15,12 @@ from pathlib import Path
 
 from faust.cli import option
 
-from imgflow.app import app
+from cli.command import command
 
 EXIT_TIMEOUT = 2
 
 
-@app.command(
+@command(
     option("--device", default=None, help="A Video4Linux2 camera, e.g. /dev/video0."),
     option("--file", "video", default=None, help="A video file (anything FFmpeg reads)."),
     option("--folder", default=None, help="A folder of images, sent in name order."),

@@ -17,13 +17,14 @@ from pathlib import Path
 from faust.cli import argument, option
 
 import models
-from imgflow.app import app, settings
+from cli.command import command
+from imgflow.app import settings
 
 #: The bundled face model spec (MTCNN + embedder from their wheels), package data of ``models``.
 DEFAULT_FACE_SPEC = Path(models.__file__).resolve().parent / "specs" / "faces.toml"
 
 
-@app.command(
+@command(
     argument("action", type=str),
     argument("args", nargs=-1),
     option(

@@ -13,10 +13,9 @@ from typing import Any
 import click
 from faust.cli import argument, option
 
-from imgflow.app import app, settings
+from cli.command import EXIT_USAGE, command
+from imgflow.app import settings
 from lifecycle.training import HeadOptions
-
-EXIT_USAGE = 1
 
 
 class Bars:
@@ -43,7 +42,7 @@ class Bars:
             bar.close()
 
 
-@app.command(
+@command(
     option("--data", required=True, help="Folder with one sub-folder of images per label."),
     option("--out", required=True, help="New folder for the model, its spec and training.json."),
     option("--base", default=None, help="Spec of the base model (default: IMGFLOW_MODEL's Keras sibling)."),
@@ -130,7 +129,7 @@ async def train(
     self.say(str(trained.spec.spec_path))
 
 
-@app.command(
+@command(
     option("--model", default=None, help="Spec of the model to judge (default: IMGFLOW_MODEL)."),
     option("--data", default=None, help="Folder with one sub-folder of images per label."),
     option("--all", "every_image", is_flag=True, default=False, help="Also the images the model trained on."),
@@ -141,6 +140,7 @@ async def train(
     option("--feedback", is_flag=True, default=False, help="Accuracy per model version against corrections."),
     option("--no-store", is_flag=True, default=False, help="Do not store the evaluation in MongoDB."),
     option("--json", "as_json", is_flag=True, default=False, help="Print the result as JSON."),
+    avoid={"MongoDB": "the evaluation was written to its report; --no-store skips storing it"},
 )
 async def evaluate(
     self,
@@ -181,7 +181,11 @@ async def evaluate(
     stem = f"{Path(result['data']).name}-{result['created_at'][:19].replace(':', '')}"
     (where / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (where / f"{stem}.html").write_text(render_html(result))
-    if not no_store:
+    if as_json:
+        self.say(json.dumps(result, indent=1))
+    else:
+        _print_evaluation(self, result, where / f"{stem}.html")
+    if not no_store:  # last: the evaluation is written and shown whether MongoDB answers or not
         from imgflow.mongo import connect
         from lifecycle import evaluations
 
@@ -190,9 +194,9 @@ async def evaluate(
             evaluations.save(client[settings.mongo_db], result)
         finally:
             client.close()
-    if as_json:
-        self.say(json.dumps(result, indent=1))
-        return
+
+
+def _print_evaluation(self: Any, result: dict[str, Any], report: Path) -> None:
     metrics = result["metrics"]
     scope = "held-out split of " if result["held_out"] else ""
     self.say(
@@ -212,7 +216,7 @@ async def evaluate(
             f"(precision {c['precision']:.3f}, recall {c['recall']:.3f}, accuracy {c['accuracy']:.3f}"
             f"{'' if c['met'] else ', target not met'}); the spec says {binary['threshold_in_spec']}"
         )
-    self.say(f"report: {where / (stem + '.html')}")
+    self.say(f"report: {report}")
 
 
 def _feedback(self: Any, model: str | None, as_json: bool) -> None:
@@ -232,7 +236,7 @@ def _feedback(self: Any, model: str | None, as_json: bool) -> None:
         self.say(f"  {key:<40} {m['correct']}/{m['images']} right ({m['accuracy']:.1%})")
 
 
-@app.command(
+@command(
     option("--kind", type=click.Choice(["faces", "photos"]), default="faces", help="Which labelled set."),
     option("--out", required=True, help="Folder to write it into (kept files are not rewritten)."),
 )
@@ -245,7 +249,7 @@ async def dataset(self, kind: str, out: str) -> None:
     self.say(f"wrote {kind} into {out}: {counts}")
 
 
-@app.command(
+@command(
     argument("spec", required=False),
     option("--rollback", is_flag=True, default=False, help="Restore the default before the current one."),
     option("--show", is_flag=True, default=False, help="Only print the current promotion."),

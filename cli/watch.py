@@ -13,13 +13,12 @@ from pathlib import Path
 
 from faust.cli import argument, option
 
-from imgflow.app import app, settings
+from cli.command import EXIT_USAGE, command
+from imgflow.app import settings
 from imgflow.roots import inside_roots
 
-EXIT_USAGE = 1
 
-
-@app.command(
+@command(
     argument("dirs", nargs=-1),
     option(
         "--recursive/--no-recursive",
