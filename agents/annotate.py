@@ -19,8 +19,9 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from faust.types import EventT, TopicT
+from faust.types import EventT, StreamT, TopicT
 
 from agents.stage import Outcome, Stage
 from imgflow.annotate import annotated_jpeg
@@ -35,7 +36,7 @@ from imgflow.topics import annotated_topic, predictions_topic
 log = logging.getLogger(__name__)
 
 
-def parse_event(event: EventT) -> Prediction:
+def parse_event(event: EventT[bytes]) -> Prediction:
     return parse(Prediction, event.value)
 
 
@@ -92,7 +93,7 @@ class Annotator:
         return outcome
 
 
-def stage(frames: FrameStore | None, output: TopicT = annotated_topic, **kwargs) -> Stage[Prediction]:
+def stage(frames: FrameStore | None, output: TopicT = annotated_topic, **kwargs: Any) -> Stage[Prediction]:
     return Stage(
         "annotate",
         parse=parse_event,
@@ -106,5 +107,5 @@ def stage(frames: FrameStore | None, output: TopicT = annotated_topic, **kwargs)
 if settings.annotate:
 
     @app.agent(predictions_topic)
-    async def annotate(stream):
+    async def annotate(stream: StreamT[bytes]) -> None:
         await stage(app.resources.frames).run(stream)

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from faust.types import EventT, TopicT
+from faust.types import EventT, StreamT, TopicT
 
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
@@ -58,7 +58,7 @@ class Tensor:
         return blob_id(self.record.image_id, self.record.decoded_at)
 
 
-def parse_event(event: EventT) -> Tensor:
+def parse_event(event: EventT[bytes]) -> Tensor:
     return Tensor(*parse_tensor(event.value, event.headers))
 
 
@@ -235,7 +235,7 @@ def stage(
 
 
 @app.agent(tensors_topic)
-async def classify(stream):
+async def classify(stream: StreamT[bytes]) -> None:
     resources = app.resources
     await stage(
         resources.models, tensors=resources.tensors, people=resources.people, registry=resources.registry

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
-from faust.types import EventT, TopicT
+from faust.types import EventT, StreamT, TopicT
 
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
@@ -104,12 +104,12 @@ def decode_one(
     return Decoded(record, decoded.tensor.tobytes())
 
 
-def parse_event(event: EventT) -> ImagePath:
+def parse_event(event: EventT[bytes]) -> ImagePath:
     msg = event.message
     return parse_image_path(event.value, event.key, message_id(msg.topic, msg.partition, msg.offset))
 
 
-def parse_frame_event(event: EventT) -> Frame:
+def parse_frame_event(event: EventT[bytes]) -> Frame:
     msg = event.message
     headers = dict(msg.headers or ())
     return parse_frame(event.value, event.key, headers, message_id(msg.topic, msg.partition, msg.offset))
@@ -224,7 +224,7 @@ def stage(
     tensors: TensorStore | None = None,
     default_model: Callable[[], Awaitable[Path]] | None = None,
     frames: FrameStore | None = None,
-    parse: Callable[[EventT], ImagePath | Frame] = parse_event,
+    parse: Callable[[EventT[bytes]], ImagePath | Frame] = parse_event,
     registry: ModelRegistry | None = None,
 ) -> Stage[ImagePath | Frame]:
     return Stage(
@@ -238,7 +238,7 @@ def stage(
 
 
 @app.agent(paths_topic)
-async def decode(stream):
+async def decode(stream: StreamT[bytes]) -> None:
     beside = app.resources.tensors if settings.tensor_store == "mongo" else None
     resources = app.resources
     await stage(
@@ -251,7 +251,7 @@ async def decode(stream):
 
 
 @app.agent(frames_topic)
-async def decode_frames(stream):
+async def decode_frames(stream: StreamT[bytes]) -> None:
     """The same stage for frames: bytes in the message instead of a path."""
     beside = app.resources.tensors if settings.tensor_store == "mongo" else None
     resources = app.resources

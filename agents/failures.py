@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from functools import partial
 
+from faust.types import StreamT
+
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
 from imgflow.failures import KINDS, STAGES, malformed_failure, metric_label
@@ -38,5 +40,5 @@ def stage(store: Store) -> Stage[Failure]:
 
 
 @app.agent(failed_topic)
-async def record_failures(stream):
+async def record_failures(stream: StreamT[bytes]) -> None:
     await stage(app.resources.store).run(stream)

@@ -58,13 +58,13 @@ class Outcome:
     then: Callable[[], Awaitable[None]] | None = None
 
 
-def hold(events: Sequence[EventT]) -> None:
+def hold(events: Sequence[EventT[bytes]]) -> None:
     """One extra reference per message: the ``finally`` ack of ``take_events`` only drops it."""
     for event in events:
         event.message.incref()
 
 
-def release(events: Sequence[EventT]) -> None:
+def release(events: Sequence[EventT[bytes]]) -> None:
     """The batch succeeded: its offsets may be committed once ``take_events`` lets go."""
     for event in events:
         event.ack()
@@ -75,7 +75,7 @@ class Stage(Generic[T]):
     """One stage of the chain: its name, how to parse, what to do with a batch."""
 
     name: str
-    parse: Callable[[EventT], T]
+    parse: Callable[[EventT[bytes]], T]
     process: Callable[[list[T]], Awaitable[Outcome]]
     output: TopicT | None = None
     batch_size: int = 32
@@ -83,13 +83,13 @@ class Stage(Generic[T]):
     failures: TopicT = field(default_factory=lambda: failed_topic)
     #: Turns a malformed message into an item to process instead of a failure record
     #: (the failures stage stores it: publishing it would loop back to itself).
-    keep_malformed: Callable[[BaseException, EventT], T] | None = None
+    keep_malformed: Callable[[BaseException, EventT[bytes]], T] | None = None
 
     async def run(self, stream: Any) -> None:
         async for events in stream.take_events(self.batch_size, settings.batch_wait):
             await self.handle(events)
 
-    def _parse(self, event: EventT) -> T:
+    def _parse(self, event: EventT[bytes]) -> T:
         """One message parsed; a parser's bug is reported as the message's failure, with its
         traceback in the log, never raised out of the agent."""
         try:
@@ -154,7 +154,7 @@ class Stage(Generic[T]):
         if outcome.then is not None:
             await outcome.then()
 
-    async def handle(self, events: Sequence[EventT]) -> None:
+    async def handle(self, events: Sequence[EventT[bytes]]) -> None:
         hold(events)
         items: list[T] = []
         failures: list[tuple[str, bytes]] = []

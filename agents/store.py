@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from faust.types import TopicT
+from faust.types import StreamT, TopicT
 
 from agents.stage import Outcome, Stage
 from imgflow.app import app, settings
@@ -72,5 +72,5 @@ def stage(store: Store, output: TopicT = stored_topic, failures: TopicT = failed
 
 
 @app.agent(predictions_topic)
-async def store(stream):
+async def store(stream: StreamT[bytes]) -> None:
     await stage(app.resources.store).run(stream)

@@ -302,7 +302,9 @@ async def decode_on_one_thread(
     """``images`` decoded at once on a one-thread pool, each taking ``seconds_each``."""
     import time
 
-    monkeypatch.setattr(decode, "settings", decode.settings.model_copy(update={"decode_timeout": timeout}))
+    from imgflow.app import settings
+
+    monkeypatch.setattr(decode, "settings", settings.model_copy(update={"decode_timeout": timeout}))
 
     def slow(item: ImagePath, *args: Any) -> str:
         time.sleep(seconds_each)
