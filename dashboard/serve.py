@@ -16,13 +16,14 @@ cookie secret goes to Panel through ``PANEL_COOKIE_SECRET`` rather than
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import click
 
 APP = Path(__file__).resolve().parent / "app.py"
 
@@ -76,18 +77,20 @@ def serve_command(
     return argv + list(extra), env
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dashboard.serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5006)
-    parser.add_argument("--allow-websocket-origin", action="append", default=[], dest="origins")
-    known, extra = parser.parse_known_args(args)
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=5006, show_default=True, help="Port to listen on.")
+@click.option(
+    "--allow-websocket-origin", "origins", multiple=True, help="Host[:port] the page may be opened from."
+)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def main(address: str, port: int, origins: tuple[str, ...], extra: tuple[str, ...]) -> None:
+    """Serve the dashboard: ``panel serve dashboard/app.py``, with its login when configured;
+    other options go to ``panel serve``."""
     from imgflow.settings import Settings
 
     try:
-        argv, env = serve_command(
-            Settings(), address=known.address, port=known.port, origins=known.origins, extra=extra
-        )
+        argv, env = serve_command(Settings(), address=address, port=port, origins=list(origins), extra=extra)
     except AuthConfigError as exc:
         raise SystemExit(f"dashboard: {exc}") from None
     # Replace this process: whoever started it (the launcher, Docker) stops Panel by this PID.

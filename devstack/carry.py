@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import click
+
 from devstack.kafka import read_changelogs, write_changelogs
 from devstack.rebase import rebase
 from imgflow.broker import wait_for_broker
@@ -22,12 +24,15 @@ from imgflow.broker import wait_for_broker
 TIMEOUT = 240.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m devstack.carry BOOTSTRAP PREFIX", file=sys.stderr)
-        return 2
-    bootstrap, prefix = args
+@click.command()
+@click.argument("bootstrap")
+@click.argument("prefix")
+def main(bootstrap: str, prefix: str) -> None:
+    """Carry the PREFIX*-changelog topics at BOOTSTRAP over to a fresh broker there."""
+    sys.exit(carry(bootstrap, prefix))
+
+
+def carry(bootstrap: str, prefix: str) -> int:
     logs = asyncio.run(asyncio.wait_for(read_changelogs(bootstrap, prefix), TIMEOUT))
     print(f"read {sum(len(log) for log in logs)}", flush=True)
     if sys.stdin.readline().strip() != "write":
@@ -42,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

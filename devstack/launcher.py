@@ -9,7 +9,6 @@ every process it started, newest first, by PID.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import click
 
 from devstack.embedded import (
     Service,
@@ -439,14 +440,18 @@ async def tail_stored(
     return started is None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.launcher")
-    parser.add_argument("command", choices=["demo"], help="what to run")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rate", type=float, default=5.0, help="simulator images/s")
-    parser.add_argument("--no-dashboard", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help="do not print each stored result")
-    args = parser.parse_args(argv)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("command", type=click.Choice(["demo"]))
+@click.option("--workers", type=int, default=2, show_default=True, help="Workers to start.")
+@click.option("--rate", type=float, default=5.0, show_default=True, help="Simulator images/s.")
+@click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
+@click.option("--quiet", is_flag=True, help="Do not print each stored result.")
+def main(command: str, workers: int, rate: float, no_dashboard: bool, quiet: bool) -> None:
+    """Run the whole stack: embedded services unless configured, workers, simulator, dashboard."""
+    sys.exit(demo(workers, rate, no_dashboard, quiet))
+
+
+def demo(workers: int, rate: float, no_dashboard: bool, quiet: bool) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     settings = Settings()
@@ -505,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         # argument, so the workers are told about it here (the dataset is under IMGFLOW_HOME).
         stack.env["IMGFLOW_IMAGE_ROOTS"] = ",".join(filter(None, [settings.image_roots, str(inbox)]))
         web_ports = []
-        for i in range(args.workers):
+        for i in range(workers):
             port = port_or_free(settings.web_port + i)
             web_ports.append(port)
             # RocksDB locks a data dir per process: worker N keeps its own across demos, under
@@ -519,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"worker{i + 1}",
                 worker_argv(port),
                 port,
-                env={"IMGFLOW_DATA_DIR": str(data_dir), **shared_cores(args.workers)},
+                env={"IMGFLOW_DATA_DIR": str(data_dir), **shared_cores(workers)},
             )
         stack.spawn("watcher", [faust_bin, "-A", "imgflow", "watch", str(inbox)])
         stack.spawn(
@@ -530,14 +535,14 @@ def main(argv: list[str] | None = None) -> int:
                 "imgflow",
                 "simulate",
                 "--rate",
-                str(args.rate),
+                str(rate),
                 "--folder",
                 str(settings.dataset_path.resolve()),
             ],
         )
         dash_port = 0
         dash_auth = ""
-        if not args.no_dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists():
+        if not no_dashboard and (Path(__file__).parent.parent / "dashboard" / "app.py").exists():
             from dashboard.serve import AuthConfigError, serve_command
 
             dash_port = port_or_free(5006)
@@ -576,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             # Outside the result tail's loop: its reader is closed while the old broker is up.
             stack.roll_if_due(settings)
-            if args.quiet:
+            if quiet:
                 stack.report_exits()
                 time.sleep(1)
             elif asyncio.run(tail_stored(tail, first, stack.report_exits, lambda: stack.roll_due)):
@@ -589,4 +594,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
