@@ -89,24 +89,20 @@ async def wait_for_workers(
     them (``GET /workers/``): that setting may be one load-balanced address (a Compose service,
     a Kubernetes Service) that reaches one replica per request. If none answers, the
     configured URLs themselves."""
-    import aiohttp
-
     from imgflow.auth import auth_headers
-    from imgflow.client import cluster_members
+    from imgflow.client import cluster_members, fetch_json
 
     deadline, headers = time.monotonic() + timeout, auth_headers(settings)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), headers=headers) as http:
-        members = await asyncio.to_thread(cluster_members, settings.worker_url_list, 2.0, headers)
-        reached: dict[str, float | None] = dict.fromkeys(members or settings.worker_url_list)
-        while time.monotonic() < deadline and any(v is None for v in reached.values()):
-            for url in [u for u, v in reached.items() if v is None]:
-                try:
-                    async with http.get(f"{url}/health/") as response:
-                        body = await response.json()
-                except (aiohttp.ClientError, TimeoutError, ValueError):
-                    continue
-                active = body.get("active_model") or {}
-                if active.get("spec") and Path(active["spec"]) == spec_path and active.get("switched_at"):
-                    reached[url] = max(0.0, float(active["switched_at"]) - promoted_at)
-            await asyncio.sleep(0.1)
+    members = await asyncio.to_thread(cluster_members, settings.worker_url_list, 2.0, headers)
+    reached: dict[str, float | None] = dict.fromkeys(members or settings.worker_url_list)
+    while time.monotonic() < deadline and any(v is None for v in reached.values()):
+        for url in [u for u, v in reached.items() if v is None]:
+            try:
+                _status, body = await asyncio.to_thread(fetch_json, f"{url}/health/", 2.0, headers)
+            except (OSError, ValueError):
+                continue
+            active = (body.get("active_model") if isinstance(body, dict) else None) or {}
+            if active.get("spec") and Path(active["spec"]) == spec_path and active.get("switched_at"):
+                reached[url] = max(0.0, float(active["switched_at"]) - promoted_at)
+        await asyncio.sleep(0.1)
     return reached
