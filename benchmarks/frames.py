@@ -236,19 +236,10 @@ def page(model: Path, broker, mongo, home: Path, seconds: float) -> dict[str, An
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        from devstack.browser import FAKE_CAMERA, launch_chromium
+
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--no-first-run",
-                    "--use-fake-device-for-media-stream",
-                    "--use-fake-ui-for-media-stream",
-                ],
-            )
+            browser = launch_chromium(p, FAKE_CAMERA)
             try:
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})
                 context.grant_permissions(["camera"])

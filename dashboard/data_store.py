@@ -27,11 +27,11 @@ from dashboard.feed import LiveFeed
 from dashboard.previews import THUMB_PX, faces_drawn, preview
 from dashboard.queries import (
     ALL,
+    LazyDb,
     compare_models,
     count_images,
     effective_label,
     filter_choices,
-    get_db,
     image_detail,
     image_filter,
     image_page,
@@ -56,7 +56,7 @@ TIME_RANGES: dict[str, float | None] = {
 }
 
 
-class DataStore(param.Parameterized):
+class DataStore(LazyDb, param.Parameterized):
     """One session's filters, the data they select, and the user's edits."""
 
     label = param.Selector(default=ALL, objects=[ALL], check_on_set=False, doc="Effective label.")
@@ -102,12 +102,6 @@ class DataStore(param.Parameterized):
         self._cursor_key = ""
 
     # -- plumbing ---------------------------------------------------------------------------------
-
-    @property
-    def db(self):
-        if self._db is None:
-            self._db = get_db()
-        return self._db
 
     @property
     def roots(self) -> list[Path]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import param
 
-from dashboard.queries import get_db
+from dashboard.queries import LazyDb
 from dashboard.stats import counted, data_stamp, throughput, totals
 from dashboard.workers import configured_headers, configured_urls, fetch_counts, worker_health
 from imgflow import notices
@@ -33,7 +33,7 @@ SWEEP_GRACE_S = 30.0
 TASK_NAME = "imgflow-dashboard-refresh"
 
 
-class LiveFeed(param.Parameterized):
+class LiveFeed(LazyDb, param.Parameterized):
     """What every session shows live; refreshed by ONE task per process."""
 
     counts = param.Dict(default={}, doc="Last good GET /counts/ answer.")
@@ -63,12 +63,6 @@ class LiveFeed(param.Parameterized):
         self._shared: dict[Any, Any] = {}
         self._shared_version = -1
         self._shared_lock = threading.Lock()
-
-    @property
-    def db(self):
-        if self._db is None:
-            self._db = get_db()
-        return self._db
 
     @property
     def worker_urls(self) -> list[str]:

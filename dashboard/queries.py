@@ -69,6 +69,19 @@ def get_db(url: str | None = None, name: str | None = None):
     return client[name]
 
 
+class LazyDb:
+    """The ``db`` of a dashboard object: the one given, or the configured one on first use
+    (so that building the page opens no connection)."""
+
+    _db: Any = None
+
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            self._db = get_db()
+        return self._db
+
+
 def model_key(model: str | None, version: str | None) -> str:
     return f"{model}:{version}"
 

@@ -40,16 +40,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "docs" / "images"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MAX_BYTES = 500_000
 #: Settings that would point the demo at another stack, or put the page behind a login.
 OWN_STACK = (
@@ -215,11 +205,14 @@ def save(page: Any, path: Path) -> Path:
 def shoot(url: str, out_dir: Path, viewport: tuple[int, int], min_cards: int, failures: int) -> list[Path]:
     from playwright.sync_api import expect, sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        raise SystemExit(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium, as root)")
+    from devstack.browser import BrowserMissing, launch_chromium
+
     written = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            browser = launch_chromium(p)
+        except BrowserMissing as exc:
+            raise SystemExit(str(exc)) from None
         try:
             width, height = viewport
             page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)

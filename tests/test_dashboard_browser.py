@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.browser import FAKE_CAMERA, BrowserMissing, launch_chromium
 from devstack.embedded import free_port
 from simulator.dataset import write_dataset
 from tests.support import BIN, Pipeline, path_message, produce_raw, wait_until
@@ -26,16 +27,6 @@ from tests.support import BIN, Pipeline, path_message, produce_raw, wait_until
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Scroll every scrolled element, shadow roots included, back to the top.
 SCROLL_TO_TOP = """() => {
   const walk = (root) => {
@@ -103,16 +94,11 @@ def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
         pool.submit(asyncio.run, produce_raw(bootstrap, topic, messages)).result(timeout=120)
 
 
-def launch_chromium(playwright):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: run scripts/install-browser.sh (as root: apt-get install chromium)",
-            pytrace=False,
-        )
+def launch(playwright, extra_args=()):
     try:
-        return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-    except Exception as exc:
-        pytest.fail(f"Chromium at {CHROMIUM} could not be launched by Playwright: {exc}", pytrace=False)
+        return launch_chromium(playwright, extra_args)
+    except BrowserMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def test_dashboard_in_chromium_shows_filters_hides_and_corrects(pipeline: Pipeline, tmp_path: Path):
@@ -140,7 +126,7 @@ def test_dashboard_in_chromium_shows_filters_hides_and_corrects(pipeline: Pipeli
     try:
         wait_until(lambda: answers(url, proc, log), 60, "panel serve to answer")
         with sync_playwright() as p:
-            browser = launch_chromium(p)
+            browser = launch(p)
             try:
                 page = browser.new_page(viewport={"width": 1600, "height": 1100})
                 page.set_default_timeout(30_000)
@@ -218,9 +204,6 @@ def test_dashboard_in_chromium_shows_filters_hides_and_corrects(pipeline: Pipeli
 
 
 #: Chromium's fake camera (a moving test pattern) and an automatic yes to the camera prompt.
-FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-
-
 def test_live_tab_streams_the_webcam_and_shows_uploads_in_chromium(pipeline: Pipeline, tmp_path: Path):
     """The Live tab: Chromium's fake camera through the frames topic, results back on the page;
     an upload from the page shown with its result once stored."""
@@ -235,9 +218,7 @@ def test_live_tab_streams_the_webcam_and_shows_uploads_in_chromium(pipeline: Pip
     try:
         wait_until(lambda: answers(url, proc, log), 60, "panel serve to answer")
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *FAKE_CAMERA], headless=True
-            )
+            browser = launch(p, FAKE_CAMERA)
             try:
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})
                 context.grant_permissions(["camera"])
