@@ -38,7 +38,7 @@ from imgflow.imaging import (
 )
 from imgflow.metrics import METRICS
 from imgflow.originals import Origins, read_original
-from imgflow.records import DecodedImage, ImageMeta, ImagePath, message_id, parse_image_path, tensor_message
+from imgflow.records import DecodedImage, ImagePath, message_id, parse_image_path, tensor_message
 from imgflow.retry import retry
 from imgflow.tensors import IN_MONGO, TensorStore, blob_id
 from imgflow.topics import failed_topic, frames_topic, paths_topic, tensors_topic
@@ -91,14 +91,7 @@ def decode_one(
         decoded_at=time.time(),
         model=str(spec.spec_path),
         shape=list(decoded.tensor.shape),
-        meta=ImageMeta(
-            file_name=name,
-            width=decoded.width,
-            height=decoded.height,
-            format=decoded.format,
-            bytes=decoded.bytes,
-            sha256=decoded.sha256,
-        ),
+        meta=decoded.meta,
         attrs=item.attrs,
     )
     return Decoded(record, decoded.tensor.tobytes())

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imgflow.records import ImageMeta
 from models.safeio import ReadRefused, read_regular
 
 # Truncated files must fail, not be padded with grey.
@@ -48,12 +49,7 @@ class Limits:
 @dataclass(frozen=True)
 class DecodedFile:
     tensor: np.ndarray  # uint8, HxWx3
-    file_name: str
-    width: int
-    height: int
-    format: str
-    bytes: int
-    sha256: str
+    meta: ImageMeta  # the facts about the file, as the tensors record carries them
 
 
 def decode_limits(settings: Any, budget: MemoryBudget | None = None) -> Limits:
@@ -300,8 +296,7 @@ def decode_data(
     check_size(data, name, limits)
     opened = decode_bytes(data, name, limits, at_least=DRAFT_MARGIN * max(size) if draft else None)
     tensor = fit_to_input(opened.image, size, resize)
-    return DecodedFile(
-        tensor=np.ascontiguousarray(tensor, dtype=np.uint8),
+    meta = ImageMeta(
         file_name=name,
         width=opened.width,
         height=opened.height,
@@ -309,3 +304,4 @@ def decode_data(
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
+    return DecodedFile(np.ascontiguousarray(tensor, dtype=np.uint8), meta)

@@ -24,8 +24,8 @@ def test_odd_but_valid_images_decode_to_uint8_rgb(folder: Path):
         out = decode_image(path, (224, 224), "center_crop", LIMITS)
         assert out.tensor.shape == (224, 224, 3), name
         assert out.tensor.dtype == np.uint8, name
-        assert out.file_name == name and out.bytes == path.stat().st_size
-        assert len(out.sha256) == 64
+        assert out.meta.file_name == name and out.meta.bytes == path.stat().st_size
+        assert len(out.meta.sha256) == 64
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_exif_orientation_is_applied(folder: Path):
     path = folder / "portrait.jpg"
     Image.new("RGB", (300, 100), (10, 200, 10)).save(path, exif=exif)
     out = decode_image(path, (32, 32), "stretch", LIMITS)
-    assert (out.width, out.height) == (100, 300)
+    assert (out.meta.width, out.meta.height) == (100, 300)
 
 
 def test_transparency_is_composited_on_white(folder: Path):
@@ -109,8 +109,8 @@ def test_draft_decoding_reports_the_full_size_and_stays_close(folder: Path):
     path = _camera_jpeg(folder / "camera.jpg")
     full = decode_image(path, (224, 224), "center_crop", LIMITS, draft=False)
     fast = decode_image(path, (224, 224), "center_crop", LIMITS)
-    assert (fast.width, fast.height) == (full.width, full.height) == (1280, 960)
-    assert fast.sha256 == full.sha256 and fast.bytes == full.bytes
+    assert (fast.meta.width, fast.meta.height) == (full.meta.width, full.meta.height) == (1280, 960)
+    assert fast.meta.sha256 == full.meta.sha256 and fast.meta.bytes == full.meta.bytes
     diff = np.abs(fast.tensor.astype(int) - full.tensor.astype(int))
     assert diff.mean() < 2.0, diff.mean()
 
@@ -129,5 +129,5 @@ def test_draft_decoding_keeps_the_exif_orientation(folder: Path):
     path = _camera_jpeg(folder / "rotated.jpg", orientation=6)  # stored landscape, shown portrait
     full = decode_image(path, (224, 224), "stretch", LIMITS, draft=False)
     fast = decode_image(path, (224, 224), "stretch", LIMITS)
-    assert (fast.width, fast.height) == (full.width, full.height) == (960, 1280)
+    assert (fast.meta.width, fast.meta.height) == (full.meta.width, full.meta.height) == (960, 1280)
     assert np.abs(fast.tensor.astype(int) - full.tensor.astype(int)).mean() < 2.0
