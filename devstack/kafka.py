@@ -21,7 +21,7 @@ async def backlog(bootstrap_servers: str | list[str], group: str, topics: list[s
 
     Asked of the broker (committed offsets against end offsets), without joining the group:
     the launcher's test that a chain is drained. Exact on the embedded broker because every
-    record is its own batch there (DESIGN section 8: ``end_offsets`` is off by a batch otherwise).
+    record is its own batch there (docs/design.md §8: ``end_offsets`` is off by a batch otherwise).
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -42,7 +42,7 @@ async def backlog(bootstrap_servers: str | list[str], group: str, topics: list[s
 async def end_offsets(bootstrap_servers: str | list[str], topics: list[str], partitions: int) -> list[int]:
     """The end offsets of partitions 0..``partitions``-1 of those of ``topics`` that exist: on
     the embedded broker, the records each holds (nothing is ever deleted there, and every
-    record is its own batch: DESIGN section 8)."""
+    record is its own batch: docs/design.md §8)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
@@ -79,7 +79,7 @@ async def read_changelogs(bootstrap_servers: str | list[str], prefix: str) -> li
 
     What a compacted Kafka changelog would keep, for carrying the tables over to a fresh
     embedded broker (``devstack.launcher``). Read to the end offsets, which are exact there
-    because every record is its own batch (DESIGN section 8); call it with the writers stopped.
+    because every record is its own batch (docs/design.md §8); call it with the writers stopped.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -134,7 +134,7 @@ async def write_changelogs(
                 await admin.create_topics([NewTopic(log_.topic, log_.partitions, 1)])
     finally:
         await admin.close()
-    # One record per batch, as the workers write (DESIGN section 8: end offsets are exact then).
+    # One record per batch, as the workers write (docs/design.md §8: end offsets are exact then).
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_batch_size=1, linger_ms=0)
     await producer.start()
     try:

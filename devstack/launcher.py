@@ -85,7 +85,7 @@ class Stack:
         """Swap the embedded broker for a fresh one, losing nothing that was submitted.
 
         The embedded broker keeps every record in memory without retention and reads a
-        partition in time that grows with what it holds (DESIGN section 8), so a long demo
+        partition in time that grows with what it holds (docs/design.md §8), so a long demo
         would fill the machine and slow down. Every result is durable in MongoDB once stored,
         so the launcher stops the inputs (watcher, simulator), waits until the workers have
         committed past every record of the chain, stops them, reads the tables' changelogs
@@ -265,7 +265,7 @@ class BrokerWatch:
     """Say so (in this output and on the dashboard) when the embedded broker nears a limit.
 
     The embedded broker keeps every record in memory and lists every record of a partition on
-    each read of it (DESIGN section 8), so both its memory and its CPU per image grow with what
+    each read of it (docs/design.md §8), so both its memory and its CPU per image grow with what
     it holds. Checked every ``every`` seconds: its memory beyond what it held once the stack was
     up (``started_mb``) against ``warn_mb``, and the records of the fullest partition of the
     chain (read by ``held``) against ``roll_records`` (0: not watched). Warned again each
@@ -548,7 +548,7 @@ def demo(workers: int, rate: float, no_dashboard: bool, quiet: bool) -> int:
             dash_port = port_or_free(5006)
             origins = [f"127.0.0.1:{dash_port}", f"localhost:{dash_port}"]
             try:
-                # Basic auth when IMGFLOW_DASHBOARD_AUTH_FILE is set (README "Security"), else open.
+                # Basic auth when IMGFLOW_DASHBOARD_AUTH_FILE is set (docs/deployment.md "Security"), else open.
                 dash_argv, dash_env = serve_command(
                     settings, address="127.0.0.1", port=dash_port, origins=origins
                 )

@@ -62,7 +62,7 @@ app = App(
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     # At least once with idempotent sinks: the embedded broker has no
-    # transactional producer (DESIGN section 8).
+    # transactional producer (docs/design.md §8).
     processing_guarantee="at_least_once",
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=settings.heartbeat_interval,

@@ -1,6 +1,6 @@
 """Newest-first reads whose cost follows the page, not the history.
 
-The embedded MongoDB-protocol server (DESIGN section 9) reads every document of an
+The embedded MongoDB-protocol server (docs/design.md §9) reads every document of an
 index range before it sorts and limits, walks a whole index for a sort or a hint,
 scans the collection for a top-level ``$and``, and narrows a compound index by its
 later fields only when a query names nothing else. So "the newest 24 with this
@@ -92,7 +92,7 @@ def walk(
     """Call ``read`` on consecutive time ranges of ``field`` back from ``top`` until it has
     returned ``need`` matches in all or the ranges pass ``floor`` (the oldest stored time).
 
-    The server reads a whole index range whatever the limit (DESIGN section 9), so each
+    The server reads a whole index range whatever the limit (docs/design.md §9), so each
     range is sized to hold about what is still needed: ``guide`` says where that many
     results (of any filter) lie; after a range with matches, the share of results that
     matched sizes the next one. Without a guide (or past the intervals it keeps) the
@@ -143,7 +143,7 @@ def newest(
     """Up to ``limit`` documents matching ``query``, newest by ``field`` first, then by ``_id``.
 
     Keyset pagination: ``after`` is the previous page's last (time, _id). A sort with
-    a limit costs the server the whole index (DESIGN section 9), so this reads time
+    a limit costs the server the whole index (docs/design.md §9), so this reads time
     ranges on the indexed ``field`` instead, each sized by :func:`walk` to hold about
     what the page still needs; the server gets only what one index serves
     (:func:`split`), the rest is checked here. The cost follows the page, not the history.

@@ -123,7 +123,7 @@ class History:
     """Where results lie in time, read from the intervals: to size a range so it holds about n.
 
     The server reads every document of an index range before it sorts and limits
-    (DESIGN section 9), so the cost of "the newest 24" is what the range read holds.
+    (docs/design.md §9), so the cost of "the newest 24" is what the range read holds.
     A range guessed by time alone holds nothing after a pause and a hundred thousand
     results after a busy hour; the intervals say how many results (``key``: "stored"
     or "failed") each 10 s held, so :meth:`back` can place the range's lower end where

@@ -1,6 +1,6 @@
 """The one retry helper: transient errors are waited out, permanent ones are raised at once.
 
-Two kinds of error reach a stage (README "What a hostile producer can and cannot do"):
+Two kinds of error reach a stage (docs/untrusted-input.md):
 
 - **Transient**: the service is away or busy (a connection refused or reset, a timeout, a
   primary stepping down, a broker without a leader). Retrying later succeeds, so

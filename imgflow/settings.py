@@ -1,7 +1,7 @@
 """One settings class, read once from the environment.
 
 Every knob has an environment name and a default that works on a single
-machine with the embedded services (see the README's configuration table).
+machine with the embedded services (see docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ class Settings(BaseSettings):
     #: At that limit the launcher rolls the embedded broker over to a fresh one (drained first:
     #: nothing submitted is lost) instead of only warning.
     broker_roll: bool = Field(True, validation_alias=_env("IMGFLOW_BROKER_ROLL"))
-    #: The embedded broker lists every record a partition holds on each read of it (DESIGN
-    #: section 8: ~0.9 µs of its CPU per record held, per fetch), so its cost per image grows
+    #: The embedded broker lists every record a partition holds on each read of it (docs/design.md
+    #: §8: ~0.9 µs of its CPU per record held, per fetch), so its cost per image grows
     #: with what it holds. Past this many records in one partition of the chain, the launcher
     #: rolls it over (or warns) as at the memory limit; 0: never.
     broker_roll_records: int = Field(5000, ge=0, validation_alias=_env("IMGFLOW_BROKER_ROLL_RECORDS"))
@@ -134,13 +134,13 @@ class Settings(BaseSettings):
     web_bind: str = Field("127.0.0.1", validation_alias=_env("IMGFLOW_WEB_BIND"))
     web_port: int = Field(6066, ge=1, le=65535, validation_alias=_env("IMGFLOW_WEB_PORT"))
 
-    # Access (README "Security"). Secrets are SecretStr so that a logged or printed Settings shows ****.
+    # Access (docs/deployment.md "Security"). Secrets are SecretStr so that a logged or printed Settings shows ****.
     api_token: SecretStr | None = Field(None, validation_alias=_env("IMGFLOW_API_TOKEN"))
     api_protect_reads: bool = Field(False, validation_alias=_env("IMGFLOW_API_PROTECT_READS"))
     dashboard_auth_file: Path | None = Field(None, validation_alias=_env("IMGFLOW_DASHBOARD_AUTH_FILE"))
     cookie_secret: SecretStr | None = Field(None, validation_alias=_env("IMGFLOW_COOKIE_SECRET"))
 
-    # Broker behaviour (DESIGN section 8: values that work on Tansu and on Apache Kafka)
+    # Broker behaviour (docs/design.md §8: values that work on Tansu and on Apache Kafka)
     session_timeout: float = Field(6.0, gt=0, validation_alias=_env("IMGFLOW_SESSION_TIMEOUT"))
     heartbeat_interval: float = Field(1.0, gt=0, validation_alias=_env("IMGFLOW_HEARTBEAT_INTERVAL"))
     producer_max_batch_size: int = Field(1, ge=1, validation_alias=_env("IMGFLOW_PRODUCER_MAX_BATCH_SIZE"))
@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(8 * 2**20, ge=2**17, validation_alias=_env("IMGFLOW_MAX_MESSAGE_BYTES"))
     #: How long the broker may hold a fetch that finds no new records (Faust hard-codes 1500).
     #: The embedded broker holds a fetch over several partitions for all of it, so it is paid
-    #: on every hop of the chain (DESIGN section 8); Apache Kafka answers as soon as data arrives.
+    #: on every hop of the chain (docs/design.md §8); Apache Kafka answers as soon as data arrives.
     #: Lower is faster and costs more idle polling (measured: 10 ms -> p95 53 ms at 30 images/s
     #: and 19% of a core idle for worker + broker; 25 ms -> 78 ms and 11%; 50 ms -> 134 ms, 7%).
     fetch_max_wait_ms: int = Field(25, ge=0, le=30_000, validation_alias=_env("IMGFLOW_FETCH_MAX_WAIT_MS"))

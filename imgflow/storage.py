@@ -1,6 +1,6 @@
 """MongoDB documents and their idempotent bulk writes.
 
-Collections (DESIGN section 2):
+Collections (docs/design.md §2):
 
 - ``predictions``: one document per (image_id, model, model_version); a
   redelivery rewrites it, a replay with another model adds one beside it.

@@ -1,6 +1,6 @@
 """Exact totals kept as writes happen: counters that redelivery, retries and crashes cannot skew.
 
-Counting stored documents costs time proportional to history (DESIGN section 9:
+Counting stored documents costs time proportional to history (docs/design.md §9:
 ``count_documents({})`` walks the collection), so the totals the dashboard shows
 (images stored, failures, hidden, corrected, predictions per model version) are
 counters, changed by whoever changes the documents: the sink, the dead-letter

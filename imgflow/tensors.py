@@ -2,7 +2,7 @@
 
 A decoded 224x224x3 tensor is 150 KB, most of every image's bytes on the broker. Real
 Kafka drops them with the topic's retention; the embedded broker keeps every record in
-memory and applies none (DESIGN section 8), so a demo left running fills the machine.
+memory and applies none (docs/design.md §8), so a demo left running fills the machine.
 Lossy codecs do not keep the model's answers (measured on the demo and camera images:
 89% top-1 agreement at JPEG quality 95) and lossless ones shrink the pixels only 2.5-3x
 (PNG, lossless WebP) for 5-7 ms of CPU per image.

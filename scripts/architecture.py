@@ -1,6 +1,6 @@
-"""The README's architecture as a picture: ``python scripts/architecture.py`` (``make screenshots``).
+"""The architecture as a picture (README.md, docs/architecture.md): ``python scripts/architecture.py`` (``make screenshots``).
 
-Draws the chain the README's ASCII diagram shows (sources, Kafka topics, the agents
+Draws the chain docs/architecture.md's diagram shows (sources, Kafka topics, the agents
 between them, MongoDB, the label-count tables, the worker web views and the
 dashboard) with matplotlib, so the picture needs no system package and is rebuilt
 from this file whenever the chain changes. Writes ``docs/images/architecture.png``.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's Chromium for the dashboard's browser test (DESIGN section 10).
+# Install Debian's Chromium for the dashboard's browser test (docs/design.md §10).
 #
 # Idempotent: does nothing when /usr/bin/chromium is already there. Needs root
 # (apt-get), which these machines and CI have; users without root can install the

@@ -1,4 +1,4 @@
-"""The README's pictures of the dashboard, taken from the real stack: ``make screenshots``.
+"""The pictures of the dashboard (README.md, docs/), taken from the real stack: ``make screenshots``.
 
 Runs ``python -m devstack.launcher demo`` (embedded broker and MongoDB-protocol server, two
 workers, the watcher, the simulator, the dashboard) in a fresh ``IMGFLOW_HOME`` with its

@@ -1,4 +1,4 @@
-"""Odd-but-valid and bad image files, made on the fly for tests (DESIGN section 7)."""
+"""Odd-but-valid and bad image files, made on the fly for tests (docs/design.md §7)."""
 
 from __future__ import annotations
 

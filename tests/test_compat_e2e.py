@@ -2,7 +2,7 @@
 
 librdkafka is what most non-Python producers use (kcat, confluent-kafka, Go's
 confluent-kafka-go, node-rdkafka). Debian 12's kcat (librdkafka 2.0.2) cannot
-talk to the embedded broker (README "Messages"); this checks that a current
+talk to the embedded broker (docs/architecture.md "Messages"); this checks that a current
 librdkafka does, with the documented path message.
 """
 

@@ -3,7 +3,7 @@
 Embedded broker and MongoDB-protocol server, a real ``faust -A imgflow worker``,
 real photographs, ``panel serve dashboard/app.py`` as its own process with the
 pipeline's environment, and Debian's Chromium driven by Playwright's Python API
-(DESIGN section 10). ``scripts/install-browser.sh`` installs Chromium; without
+(docs/design.md §10). ``scripts/install-browser.sh`` installs Chromium; without
 it this test fails, it does not skip.
 """
 

@@ -6,7 +6,7 @@ case: the same PID, ``/health/`` 200, resident memory bounded, every hostile inp
 as a stored result or a failure document, and the next normal image stored. The control
 topic's case ends with a restart that must come back healthy over the bad records.
 
-The numbered cases follow the issue "Every message is untrusted" (README "What a hostile
+The numbered cases follow the issue "Every message is untrusted" (docs/untrusted-input.md "What a hostile
 producer can and cannot do"). ``-m fuzz`` (``make fuzz``) adds generated messages by the
 thousand; a short version runs here.
 """

@@ -57,7 +57,7 @@ THIRD_PARTY_ENV = {
     "WATCHFILES_FORCE_POLLING": "watchfiles.main",  # the watcher on a network share
     "WATCHFILES_POLL_DELAY_MS": "watchfiles.main",
 }
-#: Secrets created beside the manifests (README "Kubernetes"), name -> keys.
+#: Secrets created beside the manifests (docs/deployment.md "Kubernetes"), name -> keys.
 SECRETS = {
     "imgflow-secrets": {"MONGO_URL", "IMGFLOW_API_TOKEN", "IMGFLOW_COOKIE_SECRET"},
     "imgflow-dashboard-users": {"dashboard-users.json"},

@@ -1,6 +1,6 @@
 """No partition stalls after a restart, even when the recovery seek is slow.
 
-DESIGN section 8: Faust 0.15.3 resumed the stream partitions and sought them
+docs/design.md §8: Faust 0.15.3 resumed the stream partitions and sought them
 *before* clearing the agent queues, so records delivered in between were
 dropped from the queues while the fetch position had moved past them; those
 offsets were never processed and never committed past (a stall), and a

@@ -150,7 +150,7 @@ async def test_an_exact_tie_ends_the_same_whatever_the_arrival_order(store: Stor
 async def test_a_recomputed_old_request_never_displaces_a_replay_with_a_newer_model(store: Store, db):
     """After a rebalance the classify stage may redo the original request *after* a replay:
 
-    its prediction is made later, but it answers the older request (DESIGN section 8)."""
+    its prediction is made later, but it answers the older request (docs/design.md §8)."""
     original = prediction("img", "1.0", T0, "tiger cat", model="lite", submitted_at=T0 - 100)
     replayed = prediction("img", "2.0", T0 + 10, "tabby", model="redblue", submitted_at=T0 + 5)
     recomputed = prediction("img", "1.0", T0 + 20, "tiger cat", model="lite", submitted_at=T0 - 100)

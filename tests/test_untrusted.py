@@ -1,6 +1,6 @@
 """Every input is untrusted: the pure pieces that keep one hostile value from harming a worker.
 
-Each test names the finding it guards (README "What a hostile producer can and cannot do");
+Each test names the finding it guards (docs/untrusted-input.md);
 the end-to-end versions against a real worker are in tests/test_hostile_e2e.py.
 """
 

@@ -7,8 +7,8 @@ on its own, and :func:`install` puts them in place when the app is built.
 1. **Commit point** (:func:`commit_point`). Faust let a run of acknowledged
    offsets start one past the committed position, and skipped the check when
    the committed position was 0 or unknown: it could commit past a message
-   that was never acknowledged (the "one lost after kill -9" of DESIGN
-   section 8). Here only a run that starts exactly at the committed position
+   that was never acknowledged (the "one lost after kill -9" of docs/design.md
+   §8). Here only a run that starts exactly at the committed position
    moves it, and nothing is committed while the position is unknown.
 
 2. **Recovery completion** (:func:`on_recovery_completed`). Faust resumed the
@@ -16,7 +16,7 @@ on its own, and :func:`install` puts them in place when the app is built.
    ``flow_control.resume()`` cleared every agent queue. Records delivered in
    between were dropped from the queues although the fetch position had
    moved past them: never processed, never committed past, a partition that
-   silently stops (faust-streaming issue 596; DESIGN section 8). Here nothing
+   silently stops (faust-streaming issue 596; docs/design.md §8). Here nothing
    can be delivered while the positions change: stop the flow, wait until the
    fetch loop has left the batch it was delivering, clear the queues, *then*
    seek, then resume. The order is the proof: after the clear, the only
@@ -37,7 +37,7 @@ anyway; it is a second line of defence, not the fix.
 One setting Faust does not expose is set here too: the consumer's **fetch
 wait** (:func:`fetch_wait`). Faust hard-codes ``fetch_max_wait_ms=1500``;
 the embedded broker holds a fetch that covers more than one partition for the
-whole wait even when records arrive meanwhile (DESIGN section 8), so every hop
+whole wait even when records arrive meanwhile (docs/design.md §8), so every hop
 of the chain paid up to 1.5 s. ``IMGFLOW_FETCH_MAX_WAIT_MS`` sets it.
 """
 

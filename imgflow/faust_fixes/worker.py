@@ -29,7 +29,7 @@ def return_large_blocks() -> bool:  # called by the app on its first start (imgf
     32 MB, after which a decode's pixel blocks (Pillow allocates 16 MB blocks, numpy whole
     arrays) come from the heap of the thread that decoded, and stay there: a worker that
     decoded a few large images kept ~300 MB more per decode thread. Measured with three
-    8000x8000 16-bit PNGs: see the README. No effect (False) off glibc.
+    8000x8000 16-bit PNGs: docs/benchmarks.md "Memory". No effect (False) off glibc.
     """
     name = ctypes.util.find_library("c")
     if not name:

@@ -6,7 +6,7 @@ consumer seek that Faust's recovery does (``seek_to_committed`` for stream
 partitions in Faust 0.15.3, ``seek_wait`` for explicit offsets) returns only
 after that delay. That widens the window between "stream partitions sought"
 and "agent queues cleared, flow resumed" from milliseconds to seconds, which
-turns the partition stall of DESIGN section 8 from 1 run in 4 into nearly
+turns the partition stall of docs/design.md §8 from 1 run in 4 into nearly
 every run.
 
 With ``IMGFLOW_FAULT_DROP=<topic suffix>:<partition>:<offset>`` the consumer
