@@ -11,7 +11,7 @@ process start and model load, so the difference is the recovery.
 
 The fill sends in large batches, then re-sends each partition's last record on its own: the
 embedded broker's ``end_offsets`` is only right when the last batch holds one record
-(DESIGN section 8), and recovery reads up to it.
+(docs/design.md §8), and recovery reads up to it.
 """
 
 from __future__ import annotations

@@ -548,7 +548,7 @@ def demo(workers: int, rate: float, no_dashboard: bool, quiet: bool) -> int:
             dash_port = port_or_free(5006)
             origins = [f"127.0.0.1:{dash_port}", f"localhost:{dash_port}"]
             try:
-                # Basic auth when IMGFLOW_DASHBOARD_AUTH_FILE is set (docs/deployment.md "Security"), else open.
+                # Basic auth when IMGFLOW_DASHBOARD_AUTH_FILE is set (docs/deployment.md "Security").
                 dash_argv, dash_env = serve_command(
                     settings, address="127.0.0.1", port=dash_port, origins=origins
                 )

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     web_bind: str = Field("127.0.0.1", validation_alias=_env("IMGFLOW_WEB_BIND"))
     web_port: int = Field(6066, ge=1, le=65535, validation_alias=_env("IMGFLOW_WEB_PORT"))
 
-    # Access (docs/deployment.md "Security"). Secrets are SecretStr so that a logged or printed Settings shows ****.
+    # Access (docs/deployment.md "Security"). Secrets are SecretStr: a printed Settings shows ****.
     api_token: SecretStr | None = Field(None, validation_alias=_env("IMGFLOW_API_TOKEN"))
     api_protect_reads: bool = Field(False, validation_alias=_env("IMGFLOW_API_PROTECT_READS"))
     dashboard_auth_file: Path | None = Field(None, validation_alias=_env("IMGFLOW_DASHBOARD_AUTH_FILE"))

@@ -1,4 +1,4 @@
-"""The architecture as a picture (README.md, docs/architecture.md): ``python scripts/architecture.py`` (``make screenshots``).
+"""The architecture as a picture (README.md, docs/architecture.md): ``make screenshots``.
 
 Draws the chain docs/architecture.md's diagram shows (sources, Kafka topics, the agents
 between them, MongoDB, the label-count tables, the worker web views and the
