@@ -229,14 +229,15 @@ def run_workers(
     env = deployment_env(
         broker.url, mongo.url, prefix, home, spec, IMGFLOW_IMAGE_ROOTS=str(paths[0].parent), **shared_cores(n)
     )
-    if args.code:
-        env["PYTHONPATH"] = str(args.code)
+    code = getattr(args, "run_code", args.code)
+    if code:
+        env["PYTHONPATH"] = str(code)
     settings = Settings(BROKER_URL=broker.url, IMGFLOW_TOPIC_PREFIX=prefix)
     workers = [Service(f"worker-{i}", free_port(), home / f"{prefix}-worker-{i}.log") for i in range(n)]
     result: dict[str, Any] = {}
     try:
         for worker in workers:
-            worker.start(worker_argv(worker.port, loglevel="warn"), env=env, cwd=args.code)
+            worker.start(worker_argv(worker.port, loglevel="warn"), env=env, cwd=code)
         for worker in workers:
             wait_ready(worker)
         _, result["first_result_s"] = asyncio.run(publish_and_wait(settings, paths[:8], "cold"))
@@ -249,7 +250,7 @@ def run_workers(
         result["cpu_ms_per_image"] = {k: (after[k] - before[k]) * 1000 / len(load) for k in pids}
         rate, first = result["e2e_ips"], result["first_result_s"]
         print(f"  {n} worker(s): {rate:.1f} images/s, first result {first:.2f} s", flush=True)
-        if n == 1:
+        if n == 1 and args.latency_seconds > 0:
             rate = result["e2e_ips"] / 2
             count = max(50, int(rate * args.latency_seconds))
             asyncio.run(
@@ -299,6 +300,50 @@ def seed_baseline(
     return float(json.loads(done.stdout.strip().splitlines()[-1])["ips"])
 
 
+def versus(args: argparse.Namespace) -> int:
+    """A/B in one run: one worker from this checkout, then one from ``--vs`` (the code before a
+    change), ``--repeat`` times in turn on the same images, broker and database; the median
+    worker CPU per image of each, and their ratio."""
+    spec_path = (args.model or build_default_model(ROOT / "var" / "models" / "efficientnet-lite0")).resolve()
+    home = Path(tempfile.mkdtemp(prefix="imgflow-bench-"))
+    args.latency_seconds = 0
+    cpu: dict[str, list[float]] = {"this": [], "vs": []}
+    ips: dict[str, list[float]] = {"this": [], "vs": []}
+    try:
+        camera = write_camera_dataset(home / "camera", count=args.count)
+        broker, mongo = start_broker(home / "logs"), start_mongo(home / "mongo", home / "logs")
+        try:
+            for i in range(args.repeat):
+                for name, code in (("this", None), ("vs", args.vs.resolve())):
+                    args.run_code = code
+                    run = run_workers(1, broker, mongo, spec_path, home, camera, args)
+                    cpu[name].append(run["cpu_ms_per_image"]["worker"])
+                    ips[name].append(run["e2e_ips"])
+                    print(f"  run {i + 1} {name}: worker {cpu[name][-1]:.1f} ms CPU per image", flush=True)
+        finally:
+            broker.stop()
+            mongo.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    median = {name: statistics.median(values) for name, values in cpu.items()}
+    result = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "vs": str(args.vs),
+        "worker_cpu_ms_per_image": cpu,
+        "e2e_ips": ips,
+        "median_worker_cpu_ms_per_image": median,
+        "ratio_this_vs": median["this"] / median["vs"],
+    }
+    out = args.out.with_name("versus.json") if args.out.name == "latest.json" else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"worker CPU per image, median of {args.repeat}: this {median['this']:.1f} ms, "
+        f"{args.vs} {median['vs']:.1f} ms, ratio {result['ratio_this_vs']:.3f}\nwritten to {out}"
+    )
+    return 0
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -342,7 +387,13 @@ def main() -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-two", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    parser.add_argument(
+        "--vs", type=Path, default=None, help="A/B: worker CPU per image, this checkout vs DIR"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="A/B runs of each (the median is reported)")
     args = parser.parse_args()
+    if args.vs:
+        return versus(args)
     settings = Settings()
     default = build_default_model(ROOT / "var" / "models" / "efficientnet-lite0")
     spec_path = (args.model or default).resolve()

@@ -1169,7 +1169,7 @@ def test_the_broker_watch_rolls_over_when_one_partition_holds_too_many_records(c
     """Records held in the fullest partition (each read of it lists them all) are a limit too."""
     import os
 
-    from devstack.launcher import BrokerWatch
+    from devstack.rollover import BrokerWatch
 
     held: list[int | None] = [4_999]
     watch = BrokerWatch(
@@ -1201,7 +1201,7 @@ def test_the_launcher_warns_on_the_dashboard_when_the_broker_grows(db, mongo_url
     """The watch reads a process's memory (here this test's own) and posts once per 10% growth."""
     import os
 
-    from devstack.launcher import BrokerWatch
+    from devstack.rollover import BrokerWatch
     from imgflow import notices
 
     watch = BrokerWatch(

@@ -317,7 +317,7 @@ def test_a_service_that_ignores_sigterm_is_killed_and_stop_goes_on(tmp_path: Pat
 def test_a_carry_that_cannot_read_the_old_broker_writes_nothing_and_says_so(tmp_path: Path):
     """The roll goes on without the tables (the launcher says the counts start again)."""
     from devstack.embedded import free_port
-    from devstack.launcher import TableCarrier
+    from devstack.rollover import TableCarrier
 
     carrier = TableCarrier(f"127.0.0.1:{free_port()}", "imgflow-", tmp_path, timeout=60)
     assert carrier.read is None
