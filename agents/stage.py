@@ -30,8 +30,8 @@ from faust.types import EventT, TopicT
 
 from imgflow.app import settings
 from imgflow.failures import failure_for, malformed
+from imgflow.fields import MalformedMessage
 from imgflow.metrics import METRICS
-from imgflow.records import MalformedMessage
 from imgflow.retry import is_transient, retry
 from imgflow.topics import failed_topic, publish, publish_all
 

@@ -220,7 +220,8 @@ async def tail_stored(
     """Print each stored result as it lands (the one result reader, not a poll), until
     ``until()`` (a broker roll-over is due). Whether the first result was printed
     (``started``: not yet, and when the launcher started)."""
-    from imgflow.records import MalformedMessage, Stored, parse
+    from imgflow.fields import MalformedMessage
+    from imgflow.records import Stored, parse
     from sources.results import ResultReader
 
     async with ResultReader(settings, kinds=("stored",)) as reader:

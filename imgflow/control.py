@@ -32,8 +32,8 @@ from typing import Any
 
 from mode import Service
 
+from imgflow.fields import MalformedMessage, json_object
 from imgflow.metrics import METRICS
-from imgflow.records import MalformedMessage, json_object
 from imgflow.settings import Settings
 from models.registry import ModelCache, ModelRegistry, registry_for
 

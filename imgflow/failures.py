@@ -12,8 +12,9 @@ import logging
 import time
 from typing import Any, overload
 
+from imgflow.fields import MalformedMessage
 from imgflow.imaging import ImageRejected
-from imgflow.records import Failure, ImageRef, MalformedMessage, dumps, message_id
+from imgflow.records import Failure, ImageRef, dumps, message_id
 
 log = logging.getLogger(__name__)
 

@@ -31,16 +31,16 @@ from urllib.parse import quote, unquote
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 
-from imgflow.imaging import ImageRejected
-from imgflow.records import (
+from imgflow.fields import (
     MAX_ATTRS_BYTES,
     MAX_IMAGE_ID_CHARS,
-    ImagePath,
     MalformedMessage,
-    _no_constants,
     check_fields,
     check_time,
+    refuse_constant,
 )
+from imgflow.imaging import ImageRejected
+from imgflow.records import ImagePath
 
 COLLECTION = "frames"
 SCHEME = "frame://"
@@ -126,7 +126,7 @@ def parse_frame(
         if len(attrs_text) > MAX_ATTRS_BYTES:
             raise MalformedMessage(f"header {HEADER_ATTRS!r} is over {MAX_ATTRS_BYTES:,} bytes")
         try:
-            attrs = json.loads(attrs_text, parse_constant=_no_constants)
+            attrs = json.loads(attrs_text, parse_constant=refuse_constant)
         except (ValueError, RecursionError):
             raise MalformedMessage(f"header {HEADER_ATTRS!r} is not JSON") from None
         if not isinstance(attrs, dict):

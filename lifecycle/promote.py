@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from imgflow.control import HISTORY, KEY, Promotion, control_topic, ensure_topic
-from imgflow.records import MalformedMessage
+from imgflow.fields import MalformedMessage
 from imgflow.settings import Settings
 from models.registry import registry_for
 

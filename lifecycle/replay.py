@@ -10,7 +10,7 @@ reset would need stopped consumers and would not mark anything as a replay.
   filters (source, current label, failed-only).
 - The end of a partition is where it was when the replay started: records that
   arrive later (including the replay's own messages) are never re-read. The
-  broker's ``end_offsets`` is only a hint on Tansu (DESIGN section 8), so
+  broker's ``end_offsets`` is only a hint on Tansu (docs/design.md §8), so
   reading stops at the first record newer than the replay, or at an empty
   fetch once past the hint.
 - Re-published messages keep their ``image_id`` (results land beside the old
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from imgflow.fields import MalformedMessage
 from imgflow.queries import id_ranges
-from imgflow.records import Failure, ImagePath, MalformedMessage, message_id, parse, parse_image_path
+from imgflow.records import Failure, ImagePath, message_id, parse, parse_image_path
 from imgflow.settings import Settings, get_settings
 from sources.publish import publish_paths
 from sources.results import fresh_partitions

@@ -7,7 +7,7 @@ live camera's extra frames are skipped the same way. A folder is an image sequen
 sent in name order, each file's bytes as they are.
 
 Video frames are sent as JPEG (quality 90), scaled down to fit ``max_side`` pixels first:
-a 640x480 frame is ~50 KB (DESIGN section 11). Publishing is paced to the rate: frame
+a 640x480 frame is ~50 KB (docs/design.md §11). Publishing is paced to the rate: frame
 ``i`` goes at ``start + i / fps``; a publisher that falls behind sends at once and counts
 the frames it was late for, it never skips a frame it has read.
 """

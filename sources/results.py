@@ -8,7 +8,7 @@ live tail reads through the same :class:`ResultReader`.
 plain aiokafka consumer (``group_id=None``: no group, no commits, no effect on
 the workers) from a position taken *before* the images are published, so no
 result can slip past it. On the embedded broker ``end_offsets`` may answer an
-offset slightly before the true end (DESIGN section 8); starting early only
+offset slightly before the true end (docs/design.md §8); starting early only
 means reading a few older records, which :class:`ResultWatch` filters out by
 ``image_id``.
 """
@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from imgflow.records import Failure, MalformedMessage, Stored, parse
+from imgflow.fields import MalformedMessage
+from imgflow.records import Failure, Stored, parse
 from imgflow.settings import Settings, get_settings
 
 

@@ -12,7 +12,7 @@ the topic (no repartition topic). Two tables share those partitions:
   redelivered result is counted once.
 
 Each stored image is two changelog records: the embedded broker keeps every
-record in memory, about 1 KB each beyond its bytes (DESIGN section 8), so a
+record in memory, about 1 KB each beyond its bytes (docs/design.md §8), so a
 table per label on top of the per-version one was dropped.
 
 A result is counted in the window of its *request* (``Stored.submitted_at``, when
@@ -52,8 +52,9 @@ from faust.types import EventT, StreamT
 from faust.types.tables import WindowWrapperT
 
 from imgflow.app import app, settings
+from imgflow.fields import MalformedMessage
 from imgflow.metrics import METRICS
-from imgflow.records import MalformedMessage, Stored, parse
+from imgflow.records import Stored, parse
 from imgflow.topics import stored_topic
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ label_model_counts = windowed_counter(
     "label_model_counts", "Images stored per label and model version per window.", pairs=True
 )
 #: Which stored results each window has already counted, and at which position: a
-#: redelivered or re-stored result (at-least-once, DESIGN section 8) is not counted twice.
+#: redelivered or re-stored result (at-least-once, docs/design.md §8) is not counted twice.
 counted = windowed_counter("label_counted", "Stored results already counted, per window.")
 
 

@@ -12,7 +12,8 @@ import json
 import pytest
 
 from imgflow.failures import failure_for
-from imgflow.records import ImagePath, MalformedMessage, parse_image_path
+from imgflow.fields import MalformedMessage
+from imgflow.records import ImagePath, parse_image_path
 from imgflow.settings import Settings
 
 SMALLEST_LIMIT = 128 * 1024

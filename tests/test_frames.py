@@ -14,6 +14,7 @@ from PIL import Image
 
 from agents import decode
 from dashboard.previews import frame_preview_jpeg
+from imgflow.fields import MalformedMessage
 from imgflow.frames import (
     Frame,
     FrameStore,
@@ -24,7 +25,7 @@ from imgflow.frames import (
     parse_frame,
 )
 from imgflow.imaging import ImageRejected, Limits
-from imgflow.records import Failure, ImagePath, MalformedMessage, parse, parse_tensor
+from imgflow.records import Failure, ImagePath, parse, parse_tensor
 from models.registry import ModelRegistry
 from sources.camera import Pacer, folder_frames, video_frames, write_video
 from tests.images import photo

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgflow.control import Promotion
+from imgflow.fields import MalformedMessage
 from imgflow.frames import (
     HEADER_ATTRS,
     HEADER_FILE_NAME,
@@ -37,7 +38,6 @@ from imgflow.imaging import ImageRejected, Limits, MemoryBudget, decode_data
 from imgflow.records import (
     RECORD_HEADER,
     Failure,
-    MalformedMessage,
     Prediction,
     Stored,
     dumps,

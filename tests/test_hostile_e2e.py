@@ -333,7 +333,8 @@ def test_generated_messages_end_stored_or_failed(hostile: Hostile):
     strategies) through a real worker; each ends as a document, and the worker goes on."""
     from hypothesis import given, settings
 
-    from imgflow.records import MalformedMessage, parse_image_path
+    from imgflow.fields import MalformedMessage
+    from imgflow.records import parse_image_path
     from tests import test_fuzz
 
     count = int(os.environ.get("IMGFLOW_FUZZ_E2E_MESSAGES", "40"))

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from imgflow.fields import MalformedMessage
 from imgflow.records import (
     DecodedImage,
     Failure,
     ImageMeta,
     ImageRef,
-    MalformedMessage,
     dumps,
     message_id,
     parse,

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from imgflow.control import Promotion
+from imgflow.fields import MalformedMessage
 from imgflow.imaging import (
     ImageRejected,
     Limits,
@@ -30,13 +31,7 @@ from imgflow.imaging import (
     to_rgb,
 )
 from imgflow.objects import inside_object_roots
-from imgflow.records import (
-    ImageRef,
-    MalformedMessage,
-    Prediction,
-    parse,
-    parse_image_path,
-)
+from imgflow.records import ImageRef, Prediction, parse, parse_image_path
 from imgflow.retry import OUTAGES, is_transient, retry
 from imgflow.settings import Settings
 from models.registry import ModelNotRegistered, ModelRegistry
