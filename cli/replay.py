@@ -40,19 +40,20 @@ async def replay(
     """Re-publish a range of a topic into the chain (workers keep running)."""
     from tqdm import tqdm
 
+    from lifecycle import failed
     from lifecycle import replay as rp
 
     if failed_only:
         if dry_run:
-            client, db = rp.mongo_db(settings)
+            client, db = failed.mongo_db(settings)
             try:
-                n = sum(len(chunk) for chunk in rp.failure_chunks(db))
+                n = sum(len(chunk) for chunk in failed.failure_chunks(db))
             finally:
                 client.close()
             self.say(f"would retry {n} failed images")
             return
         with tqdm(unit="img", desc="retry") as bar:
-            sent = await rp.retry_failed(settings=settings, progress=lambda n: bar.update(n - bar.n))
+            sent = await failed.retry_failed(settings=settings, progress=lambda n: bar.update(n - bar.n))
         self.say(f"retried {sent} failed images")
         return
     start, end = rp.since_until(since, until)

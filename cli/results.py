@@ -49,7 +49,7 @@ async def upgrade_store(self) -> None:
     from tqdm import tqdm
 
     from imgflow.mongo import connect
-    from imgflow.storage import upgrade
+    from imgflow.upgrade import upgrade
 
     client = connect(settings.mongo_url)
     try:

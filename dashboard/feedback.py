@@ -2,7 +2,7 @@
 
 Each edit is stored beside what the pipeline wrote, never over it, and says
 who made it and when: ``hidden_by``, ``feedback.user``, ``feedback_cleared``,
-and the retry's ``retried_by`` (written by ``lifecycle.replay.retry_failed``).
+and the retry's ``retried_by`` (written by ``lifecycle.failed.retry_failed``).
 ``by`` is the signed-in user (``pn.state.user``) or ``ANONYMOUS`` when the
 dashboard runs without a login. The sink never touches these fields, so a
 redelivered image keeps a person's label.
@@ -145,7 +145,7 @@ async def retry(image_ids: list[str] | None, settings: Any, by: str) -> int:
     The same function as ``faust -A imgflow replay --failed-only``; imported
     here, not at module import, because it brings the Kafka client.
     """
-    from lifecycle.replay import retry_failed
+    from lifecycle.failed import retry_failed
 
     return await retry_failed(image_ids, settings=settings, user=by)
 

@@ -134,7 +134,7 @@ def test_compare_models_on_known_disagreements(db):
 def test_failure_chunks_yield_every_retryable_dead_letter_once_in_bounded_chunks(db):
     import random
 
-    from lifecycle.replay import failure_chunks
+    from lifecycle.failed import failure_chunks
 
     rng = random.Random(3)
     docs = []
