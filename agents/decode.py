@@ -230,29 +230,27 @@ def stage(
     )
 
 
-@app.agent(paths_topic)
-async def decode(stream: StreamT[bytes]) -> None:
-    beside = app.resources.tensors if settings.tensor_store == "mongo" else None
+def worker_stage(
+    parse: Callable[[EventT[bytes]], ImagePath | Frame] = parse_event,
+) -> Stage[ImagePath | Frame]:
+    """The stage as a worker runs it, on the worker's resources."""
     resources = app.resources
-    await stage(
+    return stage(
         resources.decode_pool,
-        tensors=beside,
+        tensors=resources.tensors if settings.tensor_store == "mongo" else None,
         default_model=resources.active.default,
         frames=resources.frames,
+        parse=parse,
         registry=resources.registry,
-    ).run(stream)
+    )
+
+
+@app.agent(paths_topic)
+async def decode(stream: StreamT[bytes]) -> None:
+    await worker_stage().run(stream)
 
 
 @app.agent(frames_topic)
 async def decode_frames(stream: StreamT[bytes]) -> None:
     """The same stage for frames: bytes in the message instead of a path."""
-    beside = app.resources.tensors if settings.tensor_store == "mongo" else None
-    resources = app.resources
-    await stage(
-        resources.decode_pool,
-        tensors=beside,
-        default_model=resources.active.default,
-        frames=resources.frames,
-        parse=parse_frame_event,
-        registry=resources.registry,
-    ).run(stream)
+    await worker_stage(parse_frame_event).run(stream)
