@@ -30,7 +30,7 @@ COPY requirements/prod.txt /tmp/requirements.txt
 RUN pip install --require-hashes -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The project itself (imgflow, agents, tables, models, simulator, dashboard), without
+# The project itself (imgflow, agents, tables, models, lifecycle, sources, simulator, dashboard,
 # dependencies: they are the lock's. The source stays in /app too: `panel serve
 # dashboard/app.py` serves the file from here.
 COPY . .
