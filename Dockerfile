@@ -31,6 +31,7 @@ RUN pip install --require-hashes -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # The project itself (imgflow, agents, tables, models, lifecycle, sources, simulator, dashboard,
+# web, cli, devstack), without
 # dependencies: they are the lock's. The source stays in /app too: `panel serve
 # dashboard/app.py` serves the file from here.
 COPY . .
