@@ -301,9 +301,9 @@ def seed_baseline(
 
 
 def versus(args: argparse.Namespace) -> int:
-    """A/B in one run: one worker from this checkout, then one from ``--vs`` (the code before a
-    change), ``--repeat`` times in turn on the same images, broker and database; the median
-    worker CPU per image of each, and their ratio."""
+    """A/B in one run: one worker from this checkout and one from ``--vs`` (the code before a
+    change), ``--repeat`` rounds in turn (the first of a round alternates) on the same images,
+    broker and database; the median worker CPU per image of each, and their ratio."""
     spec_path = (args.model or build_default_model(ROOT / "var" / "models" / "efficientnet-lite0")).resolve()
     home = Path(tempfile.mkdtemp(prefix="imgflow-bench-"))
     args.latency_seconds = 0
@@ -313,8 +313,10 @@ def versus(args: argparse.Namespace) -> int:
         camera = write_camera_dataset(home / "camera", count=args.count)
         broker, mongo = start_broker(home / "logs"), start_mongo(home / "mongo", home / "logs")
         try:
+            pair = [("this", None), ("vs", args.vs.resolve())]
             for i in range(args.repeat):
-                for name, code in (("this", None), ("vs", args.vs.resolve())):
+                # Each goes first in every other round: the broker and database fill as runs go.
+                for name, code in pair if i % 2 == 0 else pair[::-1]:
                     args.run_code = code
                     run = run_workers(1, broker, mongo, spec_path, home, camera, args)
                     cpu[name].append(run["cpu_ms_per_image"]["worker"])

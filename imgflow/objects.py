@@ -14,7 +14,8 @@ would); the same limits (size before reading); the same failure kinds: a missing
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from imgflow.imaging import ImageRejected, Limits
@@ -81,30 +82,31 @@ def filesystem(uri: str) -> tuple[Any, str]:
 
 def read_object(uri: str, limits: Limits) -> bytes:
     """The whole object, refusing what is missing, unreadable, empty or too large (as files are)."""
-    try:
+    with _object_errors(uri):
         fs, path = filesystem(uri)
         size = fs.info(path).get("size")
-    except FileNotFoundError:
-        raise ImageRejected("missing_file", f"no such object: {uri}") from None
-    except PermissionError as exc:
-        raise ImageRejected("unreadable_file", f"access denied to {uri}: {exc}") from None
-    except OSError as exc:
-        raise ImageRejected("unreadable_file", f"cannot read {uri}: {exc}") from None
     if size == 0:
         raise ImageRejected("empty_file", f"object is empty (0 bytes): {uri}")
     if size is not None and size > limits.max_file_bytes:
         raise ImageRejected(
             "file_too_large", f"object is {size:,} bytes, over the {limits.max_file_bytes:,}-byte limit"
         )
-    try:
+    with _object_errors(uri):
         data: bytes = fs.cat_file(path)
+    return data
+
+
+@contextmanager
+def _object_errors(uri: str) -> Iterator[None]:
+    """A store's errors as the kinds a file's would have."""
+    try:
+        yield
     except FileNotFoundError:
         raise ImageRejected("missing_file", f"no such object: {uri}") from None
     except PermissionError as exc:
         raise ImageRejected("unreadable_file", f"access denied to {uri}: {exc}") from None
     except OSError as exc:
         raise ImageRejected("unreadable_file", f"cannot read {uri}: {exc}") from None
-    return data
 
 
 def list_objects(prefix: str, recursive: bool = True) -> list[str]:
