@@ -189,11 +189,23 @@ def corrections(db, newest: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """Text a spreadsheet would run as a formula, quoted with a leading apostrophe (OWASP's advice)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def as_csv(rows: list[dict[str, Any]]) -> str:
+    """The corrections as CSV; labels, paths and names are data, never formulas."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CORRECTION_FIELDS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 

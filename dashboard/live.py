@@ -238,7 +238,7 @@ class ThroughputView(Viewer):
             detail = ", ".join(w.get("models") or []) or str(w.get("error") or "")[:80]
             if w.get("stalled"):
                 detail += f"; stalled: {', '.join(w['stalled'])}"
-            lag = "" if w.get("lag") is None else f", lag {w['lag']}"
+            lag = "" if w.get("lag") is None else f", lag {esc(w['lag'])}"  # a worker's answer: escaped
             dot = f'<span class="{cls}">●</span>'
             rows.append(f"{dot} {esc(w['url'])} <b>{esc(w['status'])}</b> {esc(detail)}{lag}")
         refreshed = (

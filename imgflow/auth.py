@@ -51,7 +51,11 @@ def token_matches(authorization: str | None, token: str) -> bool:
     scheme, _, value = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())
+    try:  # a header is bytes decoded leniently: whatever does not encode back is no token
+        presented = value.strip().encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(presented, token.encode())
 
 
 def auth_headers(settings: Any) -> dict[str, str]:

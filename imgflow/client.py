@@ -16,13 +16,23 @@ from typing import Any
 HTTP_TIMEOUT = 3.0
 
 
+class _Refuse(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered, not followed: the token goes only to the address asked."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_Refuse)
+
+
 def fetch_json(
     url: str, timeout: float = HTTP_TIMEOUT, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
     """GET ``url``; (status, parsed JSON). Raises OSError/ValueError when nobody answers sensibly."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with _NO_REDIRECTS.open(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         body = exc.read()

@@ -120,9 +120,11 @@ class ClusterCounts(View):
             query = ",".join(map(str, sorted(partitions)))
             try:
                 async with app.resources.http.get(
-                    f"{url}/counts/local/", params={"partitions": query}
+                    f"{url}/counts/local/", params={"partitions": query}, allow_redirects=False
                 ) as resp:
                     resp.raise_for_status()
+                    if resp.status != 200:  # a redirect is not followed: the token stays here
+                        raise aiohttp.ClientError(f"answered {resp.status}")
                     body = await resp.json()
                 parts.append(body["windows"])
                 answered.update(partitions)
