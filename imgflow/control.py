@@ -35,6 +35,7 @@ from mode import Service
 from imgflow.fields import MalformedMessage, json_object
 from imgflow.metrics import METRICS
 from imgflow.settings import Settings
+from imgflow.signing import HEADER, Headers, verified
 from models.registry import ModelCache, ModelRegistry, registry_for
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,11 @@ def control_topic(settings: Settings) -> str:
     return settings.topic("control")
 
 
+def control_key(settings: Settings) -> str | None:
+    """The key control records are signed with (``IMGFLOW_CONTROL_KEY``), if one is set."""
+    return settings.control_key.get_secret_value() if settings.control_key is not None else None
+
+
 async def ensure_topic(settings: Settings) -> None:
     """Create the control topic (one partition, compacted) if it is not there."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -136,6 +142,7 @@ class ActiveModel(Service):
         self.settings = settings
         self.models = models
         self.registry = registry or registry_for(settings.model_dir_paths, settings.model_spec_path)
+        self.key = control_key(settings)
         self.spec_path: Path = settings.model_spec_path
         self.promotion: Promotion | None = None  # the one applied
         self.refused: Promotion | None = None  # the latest that did not load
@@ -152,7 +159,31 @@ class ActiveModel(Service):
         return self.spec_path
 
     async def on_start(self) -> None:
+        if self.key is None:
+            log.warning(
+                "control records are not signed: anyone who can produce to %s can switch this worker's "
+                "model (set IMGFLOW_CONTROL_KEY on the workers and where promote runs)",
+                control_topic(self.settings),
+            )
         self.add_future(self._follow())
+
+    def take(self, offset: int, value: bytes, headers: Headers | None) -> Promotion | None:
+        """A control record as this worker takes it: signed with the key (when one is set) and
+        well formed; anything else is refused, counted and logged, and the model kept."""
+        try:
+            if not verified(self.key, value, headers):
+                raise MalformedMessage(f"not signed with IMGFLOW_CONTROL_KEY (header {HEADER})")
+            return Promotion.decode(value)
+        except MalformedMessage as exc:
+            METRICS.promotions.labels("refused").inc()
+            log.error(
+                "control record at %s offset %d refused, keeping %s: %s",
+                control_topic(self.settings),
+                offset,
+                self.spec_path,
+                exc,
+            )
+            return None
 
     async def _follow(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -176,18 +207,7 @@ class ActiveModel(Service):
                     latest = None
                     for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                         if msg.key == KEY and msg.value:
-                            try:
-                                latest = Promotion.decode(msg.value)
-                            except MalformedMessage as exc:
-                                # Refused and counted; the worker keeps the model it has.
-                                METRICS.promotions.labels("refused").inc()
-                                log.error(
-                                    "control record at %s offset %d refused, keeping %s: %s",
-                                    tp.topic,
-                                    msg.offset,
-                                    self.spec_path,
-                                    exc,
-                                )
+                            latest = self.take(msg.offset, msg.value, msg.headers) or latest
                     if latest is not None:
                         await self._switch(latest)
                     if not self.caught_up and await consumer.position(tp) >= end:

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     api_protect_reads: bool = Field(False, validation_alias=_env("IMGFLOW_API_PROTECT_READS"))
     dashboard_auth_file: Path | None = Field(None, validation_alias=_env("IMGFLOW_DASHBOARD_AUTH_FILE"))
     cookie_secret: SecretStr | None = Field(None, validation_alias=_env("IMGFLOW_COOKIE_SECRET"))
+    #: Signs the control topic's records (imgflow/signing.py): with it, a worker takes only a
+    #: promotion signed with it; without it, any record (a warning at start says so).
+    control_key: SecretStr | None = Field(None, validation_alias=_env("IMGFLOW_CONTROL_KEY"))
 
     # Broker behaviour (docs/design.md §8: values that work on Tansu and on Apache Kafka)
     session_timeout: float = Field(6.0, gt=0, validation_alias=_env("IMGFLOW_SESSION_TIMEOUT"))
@@ -215,7 +218,16 @@ class Settings(BaseSettings):
             value = "kafka://" + value
         return value
 
-    @field_validator("api_token", "cookie_secret", "dashboard_auth_file", mode="before")
+    @field_validator("control_key")
+    @classmethod
+    def _key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "IMGFLOW_CONTROL_KEY must be at least 16 characters (make one: openssl rand -hex 32)"
+            )
+        return value
+
+    @field_validator("api_token", "cookie_secret", "dashboard_auth_file", "control_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``VAR=`` (as Compose writes an unset ``${VAR:-}``) means unset, not an empty secret."""

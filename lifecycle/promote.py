@@ -14,9 +14,10 @@ import socket
 import time
 from pathlib import Path
 
-from imgflow.control import HISTORY, KEY, Promotion, control_topic, ensure_topic
+from imgflow.control import HISTORY, KEY, Promotion, control_key, control_topic, ensure_topic
 from imgflow.fields import MalformedMessage
 from imgflow.settings import Settings
+from imgflow.signing import sign, verified
 from models.registry import registry_for
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ async def read_current(settings: Settings) -> Promotion | None:
         while await consumer.position(tp) < end:
             for msg in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                 if msg.key == KEY and msg.value:
+                    if not verified(control_key(settings), msg.value, msg.headers):
+                        log.warning(
+                            "control record at offset %d refused: not signed with the key", msg.offset
+                        )
+                        continue
                     try:
                         latest = Promotion.decode(msg.value)
                     except MalformedMessage as exc:
@@ -74,7 +80,9 @@ async def publish(settings: Settings, promotion: Promotion) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(control_topic(settings), promotion.encode(), key=KEY, partition=0)
+        value = promotion.encode()
+        signed = sign(control_key(settings), value)  # workers with IMGFLOW_CONTROL_KEY take only these
+        await producer.send_and_wait(control_topic(settings), value, key=KEY, partition=0, headers=signed)
     finally:
         await producer.stop()
 
