@@ -222,14 +222,21 @@ def percentile(ordered: list[float], q: float) -> float:
 
 
 def run_workers(
-    n: int, broker: Broker, mongo: Mongo, spec: Path, home: Path, paths: list[Path], args: argparse.Namespace
+    n: int,
+    broker: Broker,
+    mongo: Mongo,
+    spec: Path,
+    home: Path,
+    paths: list[Path],
+    args: argparse.Namespace,
+    code: Path | None = None,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """``n`` fresh workers: first result, saturation throughput with CPU per process, (n=1) latency."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     env = deployment_env(
         broker.url, mongo.url, prefix, home, spec, IMGFLOW_IMAGE_ROOTS=str(paths[0].parent), **shared_cores(n)
     )
-    code = getattr(args, "run_code", args.code)
     if code:
         env["PYTHONPATH"] = str(code)
     settings = Settings(BROKER_URL=broker.url, IMGFLOW_TOPIC_PREFIX=prefix)
@@ -250,7 +257,7 @@ def run_workers(
         result["cpu_ms_per_image"] = {k: (after[k] - before[k]) * 1000 / len(load) for k in pids}
         rate, first = result["e2e_ips"], result["first_result_s"]
         print(f"  {n} worker(s): {rate:.1f} images/s, first result {first:.2f} s", flush=True)
-        if n == 1 and args.latency_seconds > 0:
+        if n == 1 and latency:
             rate = result["e2e_ips"] / 2
             count = max(50, int(rate * args.latency_seconds))
             asyncio.run(
@@ -306,7 +313,6 @@ def versus(args: argparse.Namespace) -> int:
     broker and database; the median worker CPU per image of each, and their ratio."""
     spec_path = (args.model or build_default_model(ROOT / "var" / "models" / "efficientnet-lite0")).resolve()
     home = Path(tempfile.mkdtemp(prefix="imgflow-bench-"))
-    args.latency_seconds = 0
     cpu: dict[str, list[float]] = {"this": [], "vs": []}
     ips: dict[str, list[float]] = {"this": [], "vs": []}
     try:
@@ -317,8 +323,7 @@ def versus(args: argparse.Namespace) -> int:
             for i in range(args.repeat):
                 # Each goes first in every other round: the broker and database fill as runs go.
                 for name, code in pair if i % 2 == 0 else pair[::-1]:
-                    args.run_code = code
-                    run = run_workers(1, broker, mongo, spec_path, home, camera, args)
+                    run = run_workers(1, broker, mongo, spec_path, home, camera, args, code, latency=False)
                     cpu[name].append(run["cpu_ms_per_image"]["worker"])
                     ips[name].append(run["e2e_ips"])
                     print(f"  run {i + 1} {name}: worker {cpu[name][-1]:.1f} ms CPU per image", flush=True)
@@ -436,9 +441,9 @@ def main() -> int:
         broker, mongo = start_broker(home / "logs"), start_mongo(home / "mongo", home / "logs")
         try:
             print("the chain (embedded broker and MongoDB-protocol server)...", flush=True)
-            results["runs"] = {"1": run_workers(1, broker, mongo, spec_path, home, camera, args)}
+            results["runs"] = {"1": run_workers(1, broker, mongo, spec_path, home, camera, args, args.code)}
             if not args.skip_two:
-                results["runs"]["2"] = run_workers(2, broker, mongo, spec_path, home, camera, args)
+                results["runs"]["2"] = run_workers(2, broker, mongo, spec_path, home, camera, args, args.code)
             if not args.skip_baseline:
                 print("the seed-style consumer...", flush=True)
                 results["baseline_ips"] = seed_baseline(broker, mongo, spec, keras_spec, camera[:150])

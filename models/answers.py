@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 
 from models.preprocess import TopK
 from models.spec import ModelSpec
-
-T = TypeVar("T")
 
 #: Prediction fields a kind of model may add, each with the keys of its items that only the
 #: ``predictions`` collection keeps (vectors for search); ``images`` shows the rest.

@@ -274,7 +274,7 @@ def _check_output(spec: ModelSpec, shape: Shape) -> None:
 
 def load_model(spec: ModelSpec, threads: int | None = None) -> Model:
     """Any model plug-in a spec names, loaded and warmed up: what the model cache holds."""
-    if spec.output == "faces":  # the built-in detector + embedder, weights in its packages
+    if spec.format == "faces":  # the built-in detector + embedder, weights in its packages
         from models.face_model import load_face_model
 
         return load_face_model(spec, threads)

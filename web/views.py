@@ -122,8 +122,7 @@ class ClusterCounts(View):
                 async with app.resources.http.get(
                     f"{url}/counts/local/", params={"partitions": query}, allow_redirects=False
                 ) as resp:
-                    resp.raise_for_status()
-                    if resp.status != 200:  # a redirect is not followed: the token stays here
+                    if resp.status != 200:  # an error, or a redirect not followed: the token stays here
                         raise aiohttp.ClientError(f"answered {resp.status}")
                     body = await resp.json()
                 parts.append(body["windows"])
